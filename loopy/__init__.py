@@ -1,0 +1,38 @@
+"""loopy: a readable, single-threaded asyncio event loop built on :mod:`selectors`.
+
+Start reading at ``loop.py``.  The package's files are its architecture:
+
+* ``loop.py``     the run loop: scheduling, timers, watching file descriptors
+* ``handles.py``  a scheduled callback and how it is cancelled
+* ``futures.py``  loopy's own Future: a result that is not there yet
+* ``tasks.py``    loopy's own Task: drives a coroutine, one step per callback
+* ``sockets.py``  ``sock_recv``, ``sock_sendall``... as coroutines
+* ``transports.py`` a connected socket as protocol callbacks (streams build on it)
+* ``connections.py`` name resolution, ``create_connection``, TLS
+* ``servers.py``  ``create_server`` and the Server it returns
+* ``wakeup.py``   the socketpair that lets threads and signals wake the loop
+* ``threads.py``  ``call_soon_threadsafe`` and the default executor
+* ``signals.py``  ``add_signal_handler``
+* ``demo.py``     the program: a ticking counter and a TCP logger on one thread
+* ``runners.py``  ``loopy.run``, ``loopy.install`` and the event loop policy
+* ``cli.py``      the ``loopy`` command
+"""
+
+from .futures import Future
+from .loop import TASK_MODES, Loop, new_event_loop
+from .runners import EventLoopPolicy, install, run
+from .servers import Server
+from .tasks import Task
+
+__all__ = [
+    "TASK_MODES",
+    "EventLoopPolicy",
+    "Future",
+    "Loop",
+    "Server",
+    "Task",
+    "install",
+    "new_event_loop",
+    "run",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,176 @@
+"""The ``loopy`` command: parse the arguments, set up logging, run the program on a loopy loop.
+
+Grammar: ``loopy [COMMAND] [OPTIONS]``.  When the first argument is not a
+known command, the command is ``run``, so ``loopy --port 0`` is
+``loopy run --port 0``.  A command is a name in :data:`COMMANDS` with a
+function that adds its options to a parser and a function that runs it and
+returns the exit code; adding ``loopy trace ...`` later means adding one entry.
+
+Exit codes: 0 after a clean shutdown (Ctrl-C or SIGTERM included), 1 when
+the program cannot listen (one line on stderr says why), 2 for a bad command
+line (argparse's usage and error lines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import NamedTuple
+
+from . import demo
+from .loop import TASK_MODE_ENV, TASK_MODES, new_event_loop
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(module)s %(threadName)s %(message)s"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class Command(NamedTuple):
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    name = args.pop(0) if args and args[0] in COMMANDS else "run"
+    command = COMMANDS[name]
+    parser = argparse.ArgumentParser(
+        prog=f"loopy {'[run]' if name == 'run' else name}",
+        description=command.help,
+        epilog=_commands_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    command.add_arguments(parser)
+    # The usage line shows the command; error lines just say "loopy: error: ...".
+    parser.usage = parser.format_usage().removeprefix("usage: ").strip()
+    parser.prog = "loopy"
+    try:
+        options = parser.parse_args(args)
+    except SystemExit as exc:  # --help (0) or a bad command line (2)
+        return exc.code if isinstance(exc.code, int) else 2
+    return command.run(options)
+
+
+def _commands_help() -> str:
+    lines = ["commands (the first argument; `run` when it is none of these):"]
+    lines += [f"  {name:10}{command.help}" for name, command in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------
+# loopy run
+# ----------------------------------------------------------------------
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
+    parser.add_argument(
+        "--port", type=_port, default=1234, help="TCP port, 0 for any free one (%(default)s)"
+    )
+    parser.add_argument(
+        "--interval",
+        type=_positive_float,
+        default=1.0,
+        help="seconds between two ticks (%(default)s)",
+    )
+    parser.add_argument(
+        "--max-log-bytes",
+        type=_non_negative_int,
+        default=200,
+        metavar="N",
+        help="log at most N bytes of each read, 0 for all of it (%(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default="INFO",
+        help="least severe level logged (%(default)s)",
+    )
+    parser.add_argument(
+        "--tasks",
+        choices=TASK_MODES,
+        default=None,
+        help=f"the loop's Future and Task classes (${TASK_MODE_ENV}, else asyncio)",
+    )
+
+
+def _run(options: argparse.Namespace) -> int:
+    tasks = options.tasks or os.environ.get(TASK_MODE_ENV) or "asyncio"
+    if tasks not in TASK_MODES:
+        print(f"loopy: ${TASK_MODE_ENV} must be one of {', '.join(TASK_MODES)}", file=sys.stderr)
+        return 2
+    try:
+        listener = demo.open_listener(options.host, options.port)
+    except OSError as exc:
+        host = f"[{options.host}]" if ":" in options.host else options.host
+        print(f"loopy: cannot listen on {host}:{options.port}: {exc}", file=sys.stderr)
+        return 1
+    program = demo.Program(listener, interval=options.interval, max_log_bytes=options.max_log_bytes)
+    loop = new_event_loop(tasks=tasks)
+    try:
+        with _logging_to_stderr(options.log_level):
+            loop.run_until_complete(program.run())
+    except KeyboardInterrupt:
+        # Ctrl-C before the program installed its SIGINT handler.
+        return 0
+    finally:
+        listener.close()
+        loop.close()
+    return 0
+
+
+@contextmanager
+def _logging_to_stderr(level: str) -> Iterator[None]:
+    """Log at ``level`` and above to stderr, in the program's format, for the duration.
+
+    The handler goes on the root logger, so the loop's own error reports
+    (logger ``loopy``) come out the same way; it is removed afterwards, so
+    that calling :func:`main` twice (tests do) does not log everything twice.
+    """
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(level)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0..65535, not {port}")
+    return port
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+COMMANDS: dict[str, Command] = {
+    "run": Command(
+        "tick every interval and log what TCP clients send, on one thread",
+        _add_run_arguments,
+        _run,
+    ),
+}

@@ -1,0 +1,163 @@
+"""Handles: a callback waiting in the loop, and the ticket to cancel it.
+
+Everything the loop ever runs is a :class:`Handle`: ``call_soon`` makes one
+and appends it to the ready queue, ``call_later``/``call_at`` make a
+:class:`TimerHandle` and push it on the timer heap, and ``add_reader`` keeps one
+per file descriptor that the loop re-queues each time the descriptor is ready.
+
+A handle is deliberately dumb.  It knows its callback, the callback's
+arguments and the :mod:`contextvars` context to run it in, and it can be
+cancelled.  Cancelling does not remove it from the queue or heap it sits in
+(finding it there would cost a search); the loop simply skips cancelled handles
+when it gets to them, and the timer heap is compacted when too many of them
+pile up (see ``Loop._cancelled_timers``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import reprlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .loop import Loop
+
+
+def callback_name(callback: Callable[..., object]) -> str:
+    """A short, readable name for a callback, for reprs, logs and traces.
+
+    ``functools.partial`` objects are unwrapped and bound methods keep their
+    class (``Task.step`` rather than ``step``), which is what a person reading
+    a trace wants to see.
+    """
+    while isinstance(callback, functools.partial):
+        callback = callback.func
+    name = getattr(callback, "__qualname__", None) or getattr(callback, "__name__", None)
+    return name if isinstance(name, str) else repr(callback)
+
+
+class Handle(asyncio.Handle):
+    """A callback, its arguments and its context, scheduled on a loop.
+
+    Invariant: once ``_cancelled`` is true, the callback is never called;
+    the loop checks the flag right before running the handle.
+
+    It subclasses :class:`asyncio.Handle` only so that code checking
+    ``isinstance(h, asyncio.Handle)`` (and type checkers) accept it; every
+    method is our own, and the slots (``_callback``, ``_args``, ``_context``,
+    ``_loop``, ``_cancelled``) come from that base class.
+    """
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+        loop: Loop,
+        context: contextvars.Context | None = None,
+    ) -> None:
+        self._callback: Callable[..., object] | None = callback
+        self._args = args
+        self._context = context if context is not None else contextvars.copy_context()
+        self._loop = loop
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        """Make sure the callback never runs.  Cancelling twice is harmless."""
+        if not self._cancelled:
+            self._cancelled = True
+            # Drop the references now: a cancelled timer can sit in the heap
+            # for a long time, and it must not keep big objects alive.
+            self._callback = None
+            self._args = ()
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def get_context(self) -> contextvars.Context:
+        return self._context
+
+    def _run(self) -> None:
+        """Call the callback in its context, reporting any error to the loop.
+
+        ``SystemExit`` and ``KeyboardInterrupt`` are let through, so that they
+        stop the loop as they stop any Python program; every other exception
+        goes to the loop's exception handler and the loop carries on.
+        """
+        callback, args = self._callback, self._args
+        assert callback is not None
+        try:
+            if args:
+                self._context.run(callback, *args)
+            else:
+                # Calling without *args is about three times cheaper.
+                self._context.run(callback)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler(
+                {
+                    "message": f"Exception in callback {self._describe()}",
+                    "exception": exc,
+                    "handle": self,
+                }
+            )
+
+    def _describe(self) -> str:
+        if self._callback is None:
+            return "<cancelled>"
+        args = ", ".join(reprlib.repr(arg) for arg in self._args)
+        return f"{callback_name(self._callback)}({args})"
+
+    def __repr__(self) -> str:
+        state = " cancelled" if self._cancelled else ""
+        return f"<{type(self).__name__}{state} {self._describe()}>"
+
+
+class TimerHandle(Handle, asyncio.TimerHandle):
+    """A handle with a deadline, on the loop's clock (``loop.time()``).
+
+    The loop keeps timers in a heap of ``(when, sequence, handle)`` tuples,
+    not of handles: comparing tuples of floats and ints stays in C, and the
+    sequence number makes timers with equal deadlines run in the order they
+    were scheduled (a guarantee asyncio's own heap does not give).
+
+    Like :class:`Handle`, it subclasses asyncio's class for ``isinstance``
+    checks only; ``_when`` and ``_scheduled`` are that class's slots.
+    """
+
+    __slots__ = ()
+
+    def __init__(
+        self,
+        when: float,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+        loop: Loop,
+        context: contextvars.Context | None = None,
+    ) -> None:
+        super().__init__(callback, args, loop, context)
+        self._when = when
+        # True while the handle sits in the loop's timer heap; the loop uses
+        # it to count cancelled timers that still take up room there.
+        self._scheduled = False
+
+    def when(self) -> float:
+        """The absolute time, on ``loop.time()``'s clock, the timer is due."""
+        return self._when
+
+    def cancel(self) -> None:
+        if self._cancelled:
+            return
+        super().cancel()
+        if self._scheduled:
+            # Tell the loop after the flag is set: it may compact the heap
+            # right away, and must see this timer as cancelled when it does.
+            self._loop._timer_cancelled()
+
+    def _describe(self) -> str:
+        return f"{super()._describe()} when={self._when:.3f}"

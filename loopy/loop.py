@@ -1,0 +1,693 @@
+"""The event loop: one thread, one selector, a queue of ready callbacks and a heap of timers.
+
+This is the file to read first.  An event loop is a ``while`` loop around
+:meth:`Loop._run_once`, and ``_run_once`` does four things, always in this
+order:
+
+1. **Decide how long it may wait.**  Not at all if callbacks are already
+   ready (or ``stop()`` was called); until the nearest timer if there is one;
+   otherwise for as long as it takes.
+2. **Wait for I/O** with ``selector.select(timeout)``.  For each file
+   descriptor that became readable or writable, queue the callback that
+   ``add_reader``/``add_writer`` registered for it.
+3. **Move due timers** from the heap to the ready queue.
+4. **Run the callbacks that were ready when this step began**, and only
+   those.  A callback that schedules another one (``call_soon`` from a
+   callback) gets it run in the *next* iteration, after the loop has looked
+   at I/O again: a callback that keeps rescheduling itself cannot starve the
+   sockets.
+
+Everything else -- futures, tasks, sockets, signals -- is built on those
+primitives: a Task is a callback that advances a coroutine one step, a socket
+read is a reader callback that resolves a future, and so on.
+
+The class subclasses :class:`asyncio.AbstractEventLoop`, which holds no code,
+only the names asyncio's functions expect, and registers itself as the
+running loop while it runs: ``asyncio.sleep``, ``gather``, ``wait_for`` and
+``get_running_loop`` then work on it unchanged.  The rest of the loop's API
+lives beside it, one concept per file, and the loop inherits it as mixins:
+the socket coroutines (``sock_*``) in ``sockets.py``, client connections and
+name resolution in ``connections.py``, listening servers in ``servers.py``,
+signal handling in ``signals.py`` and the thread-related methods in
+``threads.py``.  Transports, which turn a socket into protocol callbacks, are
+in ``transports.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextvars
+import heapq
+import itertools
+import logging
+import os
+import selectors
+import sys
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, TypeVarTuple, Unpack, cast
+
+from .connections import ConnectionMethods
+from .futures import Future as LoopyFuture
+from .handles import Handle, TimerHandle
+from .servers import ServerMethods
+from .signals import SignalMethods
+from .sockets import SocketMethods
+from .tasks import Task as LoopyTask
+from .threads import ThreadMethods
+from .wakeup import Waker
+
+if TYPE_CHECKING:
+    # A descriptor number or an object with fileno(), as add_reader accepts.
+    from _typeshed import FileDescriptorLike
+
+__all__ = ["TASK_MODES", "Loop", "new_event_loop"]
+
+_T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
+
+logger = logging.getLogger("loopy")
+
+#: The two kinds of Future and Task a loop can hand out.  ``"asyncio"`` (the
+#: default) gives asyncio's own C-accelerated classes, as uvloop does:
+#: libraries inspect them and they are fast.  ``"loopy"`` gives loopy's
+#: pure-Python classes from ``futures.py`` and ``tasks.py``, which you can read
+#: and step through in a debugger.
+TASK_MODES = ("asyncio", "loopy")
+TaskMode = Literal["asyncio", "loopy"]
+
+#: The environment variable that picks the task mode when none is given.
+TASK_MODE_ENV = "LOOPY_TASKS"
+
+# select() with a huge timeout fails on some platforms (and a day-long timer
+# gains nothing from one long wait): never wait longer than this in one call.
+MAXIMUM_SELECT_TIMEOUT = 24 * 3600
+
+# Cancelled timers stay in the heap until they reach its top.  When more than
+# this many, and more than half of the heap, are cancelled, rebuild the heap
+# without them, so that a program that keeps rescheduling timeouts (every
+# read with a deadline does) does not grow the heap without bound.
+_MIN_CANCELLED_TIMERS_TO_COMPACT = 100
+
+
+def resolve_task_mode(mode: str | None) -> TaskMode:
+    """The task mode to use: ``mode`` if given, else ``$LOOPY_TASKS``, else ``"asyncio"``."""
+    if mode is None:
+        mode = os.environ.get(TASK_MODE_ENV) or "asyncio"
+    if mode == "asyncio":
+        return "asyncio"
+    if mode == "loopy":
+        return "loopy"
+    raise ValueError(f"unknown task mode {mode!r}: expected one of {', '.join(TASK_MODES)}")
+
+
+class Loop(
+    ConnectionMethods,
+    ServerMethods,
+    SocketMethods,
+    SignalMethods,
+    ThreadMethods,
+    asyncio.AbstractEventLoop,
+):
+    """A single-threaded event loop built on :mod:`selectors`.
+
+    ``selector`` and ``clock`` exist for tests and for the curious: a fake
+    selector and a virtual clock make every timing decision of the loop
+    observable and deterministic.  ``tasks`` picks the task mode (see
+    :data:`TASK_MODES`).
+    """
+
+    def __init__(
+        self,
+        *,
+        selector: selectors.BaseSelector | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        tasks: str | None = None,
+    ) -> None:
+        self._selector = selector if selector is not None else selectors.DefaultSelector()
+        self._clock = clock
+        # Timers whose deadline is within this much of "now" count as due:
+        # the clock cannot tell them apart from "now" anyway.
+        self._clock_resolution = time.get_clock_info("monotonic").resolution
+
+        # The ready queue: handles to run, first in, first out.  Only
+        # _run_once pops from it; anything, in any thread, may append
+        # (deque.append is atomic, which call_soon_threadsafe relies on).
+        self._ready: collections.deque[Handle] = collections.deque()
+        # The timer heap: (when, sequence, handle).  The sequence number keeps
+        # equal deadlines in scheduling order and keeps comparisons in C.
+        self._timers: list[tuple[float, int, TimerHandle]] = []
+        self._timer_sequence = itertools.count()
+        # How many handles in _timers are cancelled but not yet removed.
+        self._cancelled_timers = 0
+
+        self._stopping = False  # stop() was called; leave after this iteration
+        self._closed = False
+        self._thread_id: int | None = None  # the running thread, None when not running
+        self._debug = False
+        self.slow_callback_duration = 0.1
+        self._exception_handler: Callable[[Any, dict[str, Any]], object] | None = None
+
+        self.task_mode: TaskMode = resolve_task_mode(tasks)
+        self._future_class: Callable[..., Any]
+        self._task_class: Callable[..., Any]
+        if self.task_mode == "asyncio":
+            self._future_class, self._task_class = asyncio.Future, asyncio.Task
+        else:
+            self._future_class, self._task_class = LoopyFuture, LoopyTask
+        self._task_factory: Any = None
+
+        # Async generators started on this loop, so shutdown_asyncgens can
+        # finalize the ones a program forgot to close.
+        self._asyncgens: weakref.WeakSet[AsyncGenerator[Any, Any]] = weakref.WeakSet()
+        self._asyncgens_shutdown_called = False
+
+        self._waker = Waker()
+        self.add_reader(self._waker.fileno(), self._on_wakeup)
+        SignalMethods.__init__(self)
+        ThreadMethods.__init__(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} running={self.is_running()} "
+            f"closed={self._closed} tasks={self.task_mode}>"
+        )
+
+    # ------------------------------------------------------------------
+    # The iteration
+    # ------------------------------------------------------------------
+
+    def _run_once(self) -> None:
+        """Run one iteration of the loop: wait, collect what is due, run it.
+
+        This is the only place where callbacks are run.  The steps and their
+        order are described at the top of this module.
+        """
+        ready = self._ready
+        timers = self._timers
+
+        # 1. How long may select() block?
+        if ready or self._stopping:
+            timeout: float | None = 0.0
+        elif timers:
+            self._drop_cancelled_head_timers()
+            if timers:
+                timeout = min(max(0.0, timers[0][0] - self._clock()), MAXIMUM_SELECT_TIMEOUT)
+            else:
+                timeout = None
+        else:
+            timeout = None
+
+        # 2. Wait for I/O, and queue the callbacks of the descriptors that are ready.
+        for key, mask in self._selector.select(timeout):
+            reader, writer = key.data
+            if mask & selectors.EVENT_READ and reader is not None:
+                ready.append(reader)
+            if mask & selectors.EVENT_WRITE and writer is not None:
+                ready.append(writer)
+
+        # 3. Move every due timer to the ready queue, earliest first.
+        if timers:
+            end = self._clock() + self._clock_resolution
+            while timers and timers[0][0] < end:
+                timer = heapq.heappop(timers)[2]
+                timer._scheduled = False
+                if timer._cancelled:
+                    self._cancelled_timers -= 1
+                else:
+                    ready.append(timer)
+
+        # 4. Run exactly the callbacks that are ready now.  Anything they
+        #    schedule lands behind them and waits for the next iteration.
+        popleft = ready.popleft
+        if self._debug:
+            for _ in range(len(ready)):
+                handle = popleft()
+                if not handle._cancelled:
+                    self._run_timed(handle)
+        else:
+            for _ in range(len(ready)):
+                handle = popleft()
+                if not handle._cancelled:
+                    handle._run()
+
+    def _run_timed(self, handle: Handle) -> None:
+        """Run a handle and warn if it held the loop too long (debug mode only)."""
+        started = self._clock()
+        handle._run()
+        took = self._clock() - started
+        if took >= self.slow_callback_duration:
+            logger.warning("Executing %r took %.3f seconds", handle, took)
+
+    def _drop_cancelled_head_timers(self) -> None:
+        """Pop cancelled timers off the top of the heap, so the top is a live one."""
+        timers = self._timers
+        while timers and timers[0][2]._cancelled:
+            heapq.heappop(timers)[2]._scheduled = False
+            self._cancelled_timers -= 1
+
+    def _timer_cancelled(self) -> None:
+        """Called by TimerHandle.cancel() for a timer that sits in the heap."""
+        self._cancelled_timers += 1
+        if (
+            self._cancelled_timers > _MIN_CANCELLED_TIMERS_TO_COMPACT
+            and self._cancelled_timers * 2 > len(self._timers)
+        ):
+            self._compact_timers()
+
+    def _compact_timers(self) -> None:
+        """Rebuild the heap without its cancelled timers."""
+        live = []
+        for entry in self._timers:
+            if entry[2]._cancelled:
+                entry[2]._scheduled = False
+            else:
+                live.append(entry)
+        heapq.heapify(live)
+        self._timers = live
+        self._cancelled_timers = 0
+
+    # ------------------------------------------------------------------
+    # Running and stopping
+    # ------------------------------------------------------------------
+
+    def run_forever(self) -> None:
+        """Run iterations until :meth:`stop` is called."""
+        self._check_closed()
+        self._check_not_running()
+        self._thread_id = threading.get_ident()
+        old_hooks = sys.get_asyncgen_hooks()
+        sys.set_asyncgen_hooks(
+            firstiter=self._asyncgen_firstiter, finalizer=self._asyncgen_finalize
+        )
+        asyncio.events._set_running_loop(self)
+        try:
+            while True:
+                self._run_once()
+                if self._stopping:
+                    break
+        finally:
+            self._stopping = False
+            self._thread_id = None
+            asyncio.events._set_running_loop(None)
+            sys.set_asyncgen_hooks(*old_hooks)
+
+    def run_until_complete(self, future: Generator[Any, None, _T] | Awaitable[_T]) -> _T:
+        """Run until ``future`` (a future, task or coroutine) is done; return its result."""
+        self._check_closed()
+        self._check_not_running()
+        new_task = not asyncio.isfuture(future)
+        fut: asyncio.Future[_T] = asyncio.ensure_future(cast(Awaitable[_T], future), loop=self)
+        if new_task:
+            # The task is ours and we wait for it, so a "destroyed but
+            # pending" warning after an interruption would only be noise.
+            fut._log_destroy_pending = False  # type: ignore[attr-defined]
+        fut.add_done_callback(_stop_loop_when_done)
+        try:
+            self.run_forever()
+        except BaseException:
+            if new_task and fut.done() and not fut.cancelled():
+                # The exception escaped run_forever already; mark the task's
+                # copy as retrieved so it is not reported a second time.
+                fut.exception()
+            raise
+        finally:
+            fut.remove_done_callback(_stop_loop_when_done)
+        if not fut.done():
+            raise RuntimeError("Event loop stopped before Future completed.")
+        return fut.result()
+
+    def stop(self) -> None:
+        """Stop after the current iteration.
+
+        Callbacks already ready still run; callbacks they schedule wait for
+        the next call to ``run_forever`` (as in asyncio).
+        """
+        self._stopping = True
+
+    def is_running(self) -> bool:
+        return self._thread_id is not None
+
+    def is_closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Close the loop: drop all pending callbacks and release the selector.
+
+        A closed loop cannot be run again.  Closing twice does nothing.
+        """
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self._closed:
+            return
+        self._closed = True
+        self._ready.clear()
+        self._timers.clear()
+        self._cancelled_timers = 0
+        SignalMethods._close(self)
+        ThreadMethods._close(self)
+        self._selector.unregister(self._waker.fileno())
+        self._waker.close()
+        self._selector.close()
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        if not getattr(self, "_closed", True):
+            _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
+
+    def _check_closed(self) -> None:
+        if self._closed:
+            raise RuntimeError("Event loop is closed")
+
+    def _check_not_running(self) -> None:
+        if self.is_running():
+            raise RuntimeError("This event loop is already running")
+        if asyncio.events._get_running_loop() is not None:
+            raise RuntimeError("Cannot run the event loop while another loop is running")
+
+    # ------------------------------------------------------------------
+    # Scheduling callbacks
+    # ------------------------------------------------------------------
+
+    def time(self) -> float:
+        """The loop's clock: monotonic seconds, the time base of ``call_at``."""
+        return self._clock()
+
+    def call_soon(
+        self,
+        callback: Callable[[Unpack[_Ts]], object],
+        *args: *_Ts,
+        context: contextvars.Context | None = None,
+    ) -> Handle:
+        """Run ``callback(*args)`` in a later iteration, after those queued before it."""
+        self._check_closed()
+        if self._debug:
+            self._check_callback(callback, "call_soon")
+        handle = Handle(callback, args, self, context)
+        self._ready.append(handle)
+        return handle
+
+    def call_later(
+        self,
+        delay: float,
+        callback: Callable[[Unpack[_Ts]], object],
+        *args: *_Ts,
+        context: contextvars.Context | None = None,
+    ) -> TimerHandle:
+        """Run ``callback(*args)`` once ``delay`` seconds have passed."""
+        if delay is None:
+            raise TypeError("delay must not be None")
+        return self.call_at(self._clock() + delay, callback, *args, context=context)
+
+    def call_at(
+        self,
+        when: float,
+        callback: Callable[[Unpack[_Ts]], object],
+        *args: *_Ts,
+        context: contextvars.Context | None = None,
+    ) -> TimerHandle:
+        """Run ``callback(*args)`` once ``loop.time()`` reaches ``when``.
+
+        Timers with the same deadline run in the order they were scheduled.
+        """
+        if when is None:
+            raise TypeError("when cannot be None")
+        self._check_closed()
+        if self._debug:
+            self._check_callback(callback, "call_at")
+        handle = TimerHandle(when, callback, args, self, context)
+        heapq.heappush(self._timers, (when, next(self._timer_sequence), handle))
+        handle._scheduled = True
+        return handle
+
+    def _check_callback(self, callback: object, method: str) -> None:
+        if asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback):
+            raise TypeError(f"coroutines cannot be used with {method}()")
+        if not callable(callback):
+            raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")
+        if self._thread_id is not None and self._thread_id != threading.get_ident():
+            raise RuntimeError(
+                "Non-thread-safe operation invoked on an event loop other than the current one"
+            )
+
+    def _on_wakeup(self) -> None:
+        """The wake-up socket is readable: drain it and deliver any signals."""
+        data = self._waker.drain()
+        if self._signal_handlers:
+            self._deliver_signals(data)
+
+    # ------------------------------------------------------------------
+    # Watching file descriptors
+    # ------------------------------------------------------------------
+    #
+    # Each registered descriptor carries ``(reader, writer)`` as its selector
+    # data: the handle to queue when it is readable and the one to queue when
+    # it is writable (None when nobody watches that direction).
+
+    def add_reader(
+        self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], object], *args: *_Ts
+    ) -> None:
+        """Call ``callback(*args)`` every iteration in which ``fd`` is readable."""
+        self._check_closed()
+        self._watch(fd, selectors.EVENT_READ, Handle(callback, args, self))
+
+    def add_writer(
+        self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], object], *args: *_Ts
+    ) -> None:
+        """Call ``callback(*args)`` every iteration in which ``fd`` is writable."""
+        self._check_closed()
+        self._watch(fd, selectors.EVENT_WRITE, Handle(callback, args, self))
+
+    def remove_reader(self, fd: FileDescriptorLike) -> bool:
+        """Stop watching ``fd`` for reading; True if it was watched."""
+        return self._unwatch(fd, selectors.EVENT_READ)
+
+    def remove_writer(self, fd: FileDescriptorLike) -> bool:
+        """Stop watching ``fd`` for writing; True if it was watched."""
+        return self._unwatch(fd, selectors.EVENT_WRITE)
+
+    def _watch(self, fd: FileDescriptorLike, event: int, handle: Handle) -> None:
+        try:
+            key = self._selector.get_key(fd)
+        except KeyError:
+            data = (handle, None) if event == selectors.EVENT_READ else (None, handle)
+            self._selector.register(fd, event, data)
+            return
+        reader, writer = key.data
+        if event == selectors.EVENT_READ:
+            old, data = reader, (handle, writer)
+        else:
+            old, data = writer, (reader, handle)
+        self._selector.modify(fd, key.events | event, data)
+        if old is not None:
+            old.cancel()
+
+    def _unwatch(self, fd: FileDescriptorLike, event: int) -> bool:
+        if self._closed:
+            return False
+        try:
+            key = self._selector.get_key(fd)
+        except KeyError:
+            return False
+        reader, writer = key.data
+        if event == selectors.EVENT_READ:
+            old, data = reader, (None, writer)
+        else:
+            old, data = writer, (reader, None)
+        remaining = key.events & ~event
+        if remaining:
+            self._selector.modify(fd, remaining, data)
+        else:
+            self._selector.unregister(fd)
+        if old is None:
+            return False
+        # A handle already queued for this iteration must not run any more.
+        old.cancel()
+        return True
+
+    # ------------------------------------------------------------------
+    # Futures and tasks
+    # ------------------------------------------------------------------
+
+    def create_future(self) -> asyncio.Future[Any]:
+        """A new future bound to this loop, of the class the task mode picks."""
+        future: asyncio.Future[Any] = self._future_class(loop=self)
+        return future
+
+    def create_task(
+        self,
+        coro: Coroutine[Any, Any, _T] | Generator[Any, None, _T],
+        *,
+        name: str | None = None,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Task[_T]:
+        """Wrap ``coro`` in a task; its first step runs in the next iteration."""
+        self._check_closed()
+        if self._task_factory is None:
+            task: asyncio.Task[_T] = self._task_class(coro, loop=self, name=name, context=context)
+        else:
+            if context is None:
+                task = self._task_factory(self, coro)
+            else:
+                task = self._task_factory(self, coro, context=context)
+            if name is not None:
+                task.set_name(name)
+        return task
+
+    def set_task_factory(self, factory: Any) -> None:
+        """Use ``factory(loop, coro, context=...)`` to make tasks (None: the default)."""
+        if factory is not None and not callable(factory):
+            raise TypeError("task factory must be a callable or None")
+        self._task_factory = factory
+
+    def get_task_factory(self) -> Any:
+        return self._task_factory
+
+    # ------------------------------------------------------------------
+    # Errors
+    # ------------------------------------------------------------------
+
+    def get_exception_handler(self) -> Callable[[Any, dict[str, Any]], object] | None:
+        return self._exception_handler
+
+    def set_exception_handler(
+        self, handler: Callable[[Any, dict[str, Any]], object] | None
+    ) -> None:
+        """Route errors to ``handler(loop, context)`` instead of the log (None: the log)."""
+        if handler is not None and not callable(handler):
+            raise TypeError(f"A callable object or None is expected, got {handler!r}")
+        self._exception_handler = handler
+
+    def default_exception_handler(self, context: dict[str, Any]) -> None:
+        """Log an error the loop caught, with everything known about it.
+
+        ``context`` holds ``message`` and, when known, ``exception`` and the
+        objects involved (``handle``, ``future``, ``task``, ``socket``...).
+        """
+        message = context.get("message") or "Unhandled exception in event loop"
+        exception = context.get("exception")
+        exc_info: Any = (
+            (type(exception), exception, exception.__traceback__)
+            if isinstance(exception, BaseException)
+            else False
+        )
+        details = [
+            f"{key}: {value!r}"
+            for key, value in sorted(context.items())
+            if key not in ("message", "exception")
+        ]
+        logger.error("\n".join([message, *details]), exc_info=exc_info)
+
+    def call_exception_handler(self, context: dict[str, Any]) -> None:
+        """Report an error caught by the loop.  Never raises: the loop must carry on."""
+        handler = self._exception_handler
+        if handler is None:
+            try:
+                self.default_exception_handler(context)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                # Logging itself failed (a broken handler or stream); there is
+                # nowhere left to report to but stderr.
+                print("loopy: exception in default exception handler", file=sys.stderr)
+            return
+        try:
+            handler(self, context)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            try:
+                self.default_exception_handler(
+                    {
+                        "message": "Unhandled error in exception handler",
+                        "exception": exc,
+                        "context": context,
+                    }
+                )
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                print("loopy: exception in default exception handler", file=sys.stderr)
+
+    # ------------------------------------------------------------------
+    # Debug mode
+    # ------------------------------------------------------------------
+
+    def get_debug(self) -> bool:
+        return self._debug
+
+    def set_debug(self, enabled: bool) -> None:
+        """In debug mode the loop checks callbacks and logs slow ones."""
+        self._debug = enabled
+
+    # ------------------------------------------------------------------
+    # Async generators
+    # ------------------------------------------------------------------
+    #
+    # Python calls firstiter when an async generator first runs and finalizer
+    # when one is garbage-collected unfinished.  The loop remembers them so
+    # that shutdown_asyncgens() can close those still open, and schedules
+    # the finalization of the collected ones (``aclose()`` needs a loop).
+
+    def _asyncgen_firstiter(self, agen: AsyncGenerator[Any, Any]) -> None:
+        if self._asyncgens_shutdown_called:
+            warnings.warn(
+                f"asynchronous generator {agen!r} was scheduled after "
+                "loop.shutdown_asyncgens() call",
+                ResourceWarning,
+                source=self,
+                stacklevel=2,
+            )
+        self._asyncgens.add(agen)
+
+    def _asyncgen_finalize(self, agen: AsyncGenerator[Any, Any]) -> None:
+        self._asyncgens.discard(agen)
+        if not self._closed:
+            self.call_soon_threadsafe(self.create_task, agen.aclose())
+
+    async def shutdown_asyncgens(self) -> None:
+        """Close every async generator still open on this loop."""
+        self._asyncgens_shutdown_called = True
+        if not self._asyncgens:
+            return
+        open_generators = list(self._asyncgens)
+        self._asyncgens.clear()
+        results = await asyncio.gather(
+            *[agen.aclose() for agen in open_generators], return_exceptions=True
+        )
+        for result, agen in zip(results, open_generators, strict=True):
+            if isinstance(result, Exception):
+                self.call_exception_handler(
+                    {
+                        "message": f"an error occurred during closing of "
+                        f"asynchronous generator {agen!r}",
+                        "exception": result,
+                        "asyncgen": agen,
+                    }
+                )
+
+
+def _stop_loop_when_done(future: asyncio.Future[Any]) -> None:
+    """Done callback of run_until_complete's future: stop its loop.
+
+    ``SystemExit`` and ``KeyboardInterrupt`` already escaped from the task
+    step that raised them and are unwinding ``run_forever``; nothing to stop.
+    """
+    if not future.cancelled() and isinstance(future.exception(), (SystemExit, KeyboardInterrupt)):
+        return
+    future.get_loop().stop()
+
+
+def new_event_loop(*, tasks: str | None = None) -> Loop:
+    """A new loopy event loop.
+
+    ``tasks`` picks the task mode: ``"asyncio"`` (asyncio's C Future and
+    Task, the default) or ``"loopy"`` (loopy's own pure-Python ones).  When it
+    is not given, the ``LOOPY_TASKS`` environment variable decides.
+    """
+    # mypy sees AbstractEventLoop's methods as abstract; those loopy does not
+    # provide yet (servers, pipes, subprocesses) raise NotImplementedError.
+    return Loop(tasks=tasks)  # type: ignore[abstract]

@@ -1,0 +1,220 @@
+"""Socket coroutines: ``sock_recv``, ``sock_sendall``, ``sock_accept``, ``sock_connect``...
+
+Each one turns a non-blocking socket call into something a coroutine can
+``await``, always the same way:
+
+1. **Try the call right away.**  Data is often already there (or the send
+   buffer has room), and then the answer costs one system call and no
+   selector work at all.
+2. If the socket says it would block (``BlockingIOError``), **make a
+   future, ask the loop to call us back when the socket is ready**
+   (``add_reader`` or ``add_writer``) and await the future.
+3. The callback retries the call.  If it would still block (another reader
+   got there first, or the readiness was spurious) it simply waits for the
+   next readiness; otherwise it resolves the future with the result or the
+   error.
+4. Whatever happens to the future -- a result, an error, or the awaiting
+   task being cancelled -- its done callback removes the registration, so no
+   descriptor stays watched by a coroutine that gave up.
+
+This is the path of a byte in ``sock_recv``: ``select()`` reports the socket
+readable (``Loop._run_once``), the loop runs :meth:`SocketMethods._recv_ready`,
+which calls ``sock.recv`` and sets the future's result, which wakes the task
+awaiting ``sock_recv``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import functools
+import socket
+from collections.abc import Callable
+from typing import Any
+
+# The errors that mean "not now, try again when the socket is ready".
+_TRY_AGAIN = (BlockingIOError, InterruptedError)
+
+
+def _check_nonblocking(sock: socket.socket) -> None:
+    # A blocking socket would block the whole loop on the first call.
+    if sock.gettimeout() != 0:
+        raise ValueError("the socket must be non-blocking")
+
+
+class SocketMethods:
+    """The ``sock_*`` coroutines of the loop (a mixin of :class:`loopy.loop.Loop`).
+
+    The mixin uses only the loop's public API: ``create_future``,
+    ``add_reader``/``remove_reader`` and ``add_writer``/``remove_writer``.
+    """
+
+    # Provided by the loop; declared here for the type checker.
+    create_future: Callable[[], asyncio.Future[Any]]
+    add_reader: Callable[..., None]
+    add_writer: Callable[..., None]
+    remove_reader: Callable[[Any], bool]
+    remove_writer: Callable[[Any], bool]
+
+    def _wait_readable(
+        self, sock: socket.socket, callback: Callable[..., None], *args: Any
+    ) -> asyncio.Future[Any]:
+        """A future that ``callback(future, *args)`` resolves once ``sock`` is readable."""
+        future = self.create_future()
+        fd = sock.fileno()
+        self.add_reader(fd, callback, future, *args)
+        future.add_done_callback(functools.partial(self._stop_reading, fd))
+        return future
+
+    def _wait_writable(
+        self, sock: socket.socket, callback: Callable[..., None], *args: Any
+    ) -> asyncio.Future[Any]:
+        """A future that ``callback(future, *args)`` resolves once ``sock`` is writable."""
+        future = self.create_future()
+        fd = sock.fileno()
+        self.add_writer(fd, callback, future, *args)
+        future.add_done_callback(functools.partial(self._stop_writing, fd))
+        return future
+
+    def _stop_reading(self, fd: int, future: asyncio.Future[Any]) -> None:
+        self.remove_reader(fd)
+
+    def _stop_writing(self, fd: int, future: asyncio.Future[Any]) -> None:
+        self.remove_writer(fd)
+
+    # -- receiving --------------------------------------------------------
+
+    async def sock_recv(self, sock: socket.socket, nbytes: int) -> bytes:
+        """Receive up to ``nbytes`` bytes; ``b""`` means the peer closed."""
+        _check_nonblocking(sock)
+        try:
+            return sock.recv(nbytes)
+        except _TRY_AGAIN:
+            pass
+        data: bytes = await self._wait_readable(sock, self._recv_ready, sock, nbytes)
+        return data
+
+    def _recv_ready(self, future: asyncio.Future[bytes], sock: socket.socket, nbytes: int) -> None:
+        if future.done():
+            return
+        try:
+            data = sock.recv(nbytes)
+        except _TRY_AGAIN:
+            return
+        except Exception as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(data)
+
+    async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
+        """Receive into ``buf``; return how many bytes were written (0: the peer closed)."""
+        _check_nonblocking(sock)
+        try:
+            return sock.recv_into(buf)
+        except _TRY_AGAIN:
+            pass
+        nbytes: int = await self._wait_readable(sock, self._recv_into_ready, sock, buf)
+        return nbytes
+
+    def _recv_into_ready(self, future: asyncio.Future[int], sock: socket.socket, buf: Any) -> None:
+        if future.done():
+            return
+        try:
+            nbytes = sock.recv_into(buf)
+        except _TRY_AGAIN:
+            return
+        except Exception as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(nbytes)
+
+    # -- sending ----------------------------------------------------------
+
+    async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
+        """Send all of ``data``, waiting for room in the send buffer as needed."""
+        _check_nonblocking(sock)
+        try:
+            sent = sock.send(data)
+        except _TRY_AGAIN:
+            sent = 0
+        view = memoryview(data).cast("B")
+        if sent == len(view):
+            return
+        # The rest goes out as the socket becomes writable.  The callback
+        # keeps its progress in a one-element list so it can resume there.
+        await self._wait_writable(sock, self._sendall_ready, sock, view, [sent])
+
+    def _sendall_ready(
+        self, future: asyncio.Future[None], sock: socket.socket, view: memoryview, sent: list[int]
+    ) -> None:
+        if future.done():
+            return
+        try:
+            sent[0] += sock.send(view[sent[0] :])
+        except _TRY_AGAIN:
+            return
+        except Exception as exc:
+            future.set_exception(exc)
+            return
+        if sent[0] == len(view):
+            future.set_result(None)
+
+    # -- connecting and accepting ----------------------------------------
+
+    async def sock_connect(self, sock: socket.socket, address: Any) -> None:
+        """Connect ``sock`` to ``address`` (already resolved: an IP address, not a host name)."""
+        _check_nonblocking(sock)
+        try:
+            sock.connect(address)
+            return
+        except _TRY_AGAIN:
+            # The connection is under way: it is done when the socket
+            # becomes writable, successfully or not (SO_ERROR tells).
+            pass
+        await self._wait_writable(sock, self._connect_ready, sock, address)
+
+    def _connect_ready(
+        self, future: asyncio.Future[None], sock: socket.socket, address: Any
+    ) -> None:
+        if future.done():
+            return
+        try:
+            error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error != 0:
+                raise OSError(
+                    error, f"Connect call failed {address}: {errno.errorcode.get(error, error)}"
+                )
+        except _TRY_AGAIN:
+            return
+        except Exception as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(None)
+
+    async def sock_accept(self, sock: socket.socket) -> tuple[socket.socket, Any]:
+        """Accept a connection; return ``(conn, address)`` with ``conn`` non-blocking."""
+        _check_nonblocking(sock)
+        try:
+            conn, address = sock.accept()
+        except _TRY_AGAIN:
+            result: tuple[socket.socket, Any] = await self._wait_readable(
+                sock, self._accept_ready, sock
+            )
+            return result
+        conn.setblocking(False)
+        return conn, address
+
+    def _accept_ready(
+        self, future: asyncio.Future[tuple[socket.socket, Any]], sock: socket.socket
+    ) -> None:
+        if future.done():
+            return
+        try:
+            conn, address = sock.accept()
+        except _TRY_AGAIN:
+            return
+        except Exception as exc:
+            future.set_exception(exc)
+        else:
+            conn.setblocking(False)
+            future.set_result((conn, address))

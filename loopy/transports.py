@@ -1,0 +1,410 @@
+"""Socket transports: the bridge between a connected socket and a protocol's callbacks.
+
+A *protocol* (``asyncio.Protocol``) is an object with callbacks --
+``connection_made``, ``data_received``, ``eof_received``, ``connection_lost``
+-- and a *transport* is what it calls back into to ``write`` and ``close``.
+``asyncio.start_server`` and ``open_connection`` build their streams on this
+pair, so once the transport works, streams work.
+
+:class:`SocketTransport` does all of its work in two loop callbacks:
+
+* :meth:`SocketTransport._on_readable`, registered with ``add_reader``:
+  ``select()`` said the socket is readable, so one ``recv`` cannot block; the
+  bytes go straight to ``protocol.data_received`` (or, for an
+  ``asyncio.BufferedProtocol``, into the protocol's own buffer with
+  ``recv_into``).  This is the end of a byte's path from ``select()``.
+* :meth:`SocketTransport._on_writable`, registered with ``add_writer`` only
+  while there is something buffered: sends as much of the write buffer as the
+  kernel takes.
+
+``write()`` first tries to send directly, and only buffers what the kernel
+did not take.  When the buffer grows past the *high-water mark* the transport
+calls ``protocol.pause_writing()`` (streams' ``drain()`` then waits), and when
+it drains below the *low-water mark*, ``resume_writing()``: this is how a
+slow reader on the other side slows the writer down instead of filling memory.
+
+Invariant: ``connection_lost`` is called exactly once, always through
+:meth:`SocketTransport._force_close` or ``close``, and the socket is closed
+right after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import warnings
+from asyncio.trsock import TransportSocket
+from collections.abc import Callable, Iterable
+from typing import Any
+
+logger = logging.getLogger("loopy")
+
+# Reads of 64 KiB: large enough to drain a socket in few calls, small enough to
+# stay below glibc's mmap threshold (larger reads make a fresh process slower).
+MAX_READ_SIZE = 65536
+
+# asyncio's defaults: pause the writer above 64 KiB buffered, resume below 16 KiB.
+DEFAULT_HIGH_WATER = 64 * 1024
+
+# After the connection is lost, writes are dropped; warn once this many were.
+_WRITES_AFTER_LOSS_BEFORE_WARNING = 5
+
+# Errors that mean the peer went away: expected on a network, so they are
+# passed to connection_lost but not reported to the exception handler.
+_CONNECTION_ERRORS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
+
+
+def _check_bytes_like(data: object) -> None:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+
+
+class SocketTransport(asyncio.Transport):
+    """A transport over a connected stream socket (TCP or Unix)."""
+
+    def __init__(
+        self,
+        loop: Any,
+        sock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        waiter: asyncio.Future[None] | None = None,
+        extra: dict[str, Any] | None = None,
+        server: Any = None,
+    ) -> None:
+        super().__init__()
+        self._extra: dict[str, Any] = dict(extra or {})
+        self._loop = loop
+        self._sock: socket.socket | None = sock
+        self._fd = sock.fileno()
+        self._server = server
+        self._extra.setdefault("socket", TransportSocket(sock))
+        for key, getter in (("sockname", sock.getsockname), ("peername", sock.getpeername)):
+            if key not in self._extra:
+                try:
+                    self._extra[key] = getter()
+                except OSError:
+                    self._extra[key] = None
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Small writes go out at once: an event loop batches on its own.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        self._protocol: asyncio.BaseProtocol = protocol
+        self._set_read_path(protocol)
+        self._write_buffer = bytearray()
+        self._high_water = DEFAULT_HIGH_WATER
+        self._low_water = DEFAULT_HIGH_WATER // 4
+        self._writing_paused = False  # we called protocol.pause_writing()
+        self._reading_paused = False  # the protocol called pause_reading()
+        self._closing = False  # close() or abort() was called
+        self._eof_sent = False  # write_eof() was called
+        # How many times the connection was lost: 0 while it is alive.
+        # Also counts writes dropped afterwards, to warn about them once.
+        self._conn_lost = 0
+
+        if server is not None:
+            server._attach(self)
+        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(_resolve_waiter, waiter)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._sock is None else "closing" if self._closing else "open"
+        return f"<{type(self).__name__} fd={self._fd} {state}>"
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        sock = getattr(self, "_sock", None)
+        if sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            sock.close()
+
+    # -- protocol --------------------------------------------------------
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """Switch to another protocol (``start_tls`` slides a TLS layer in this way)."""
+        self._protocol = protocol
+        self._set_read_path(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+    def _set_read_path(self, protocol: asyncio.BaseProtocol) -> None:
+        # A BufferedProtocol lends us its buffer: recv_into it, no copy.
+        self._on_readable: Callable[[], None] = (
+            self._read_into_buffer
+            if isinstance(protocol, asyncio.BufferedProtocol)
+            else self._read_data
+        )
+
+    # -- reading ------------------------------------------------------------
+
+    def _start_reading(self) -> None:
+        if not self._closing and not self._reading_paused:
+            self._loop.add_reader(self._fd, self._readable)
+
+    def _readable(self) -> None:
+        # One indirection, so that set_protocol() can switch the read path
+        # without re-registering the reader.
+        self._on_readable()
+
+    def _read_data(self) -> None:
+        """The socket is readable: hand what it has to ``protocol.data_received``."""
+        assert self._sock is not None
+        try:
+            data = self._sock.recv(MAX_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal read error on socket transport")
+            return
+        if not data:
+            self._eof_received()
+            return
+        try:
+            self._protocol.data_received(data)  # type: ignore[attr-defined]
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+
+    def _read_into_buffer(self) -> None:
+        """The socket is readable: receive into the BufferedProtocol's own buffer."""
+        assert self._sock is not None
+        protocol: asyncio.BufferedProtocol = self._protocol  # type: ignore[assignment]
+        try:
+            buffer = protocol.get_buffer(-1)
+            if not len(buffer):  # type: ignore[arg-type]
+                raise RuntimeError("get_buffer() returned an empty buffer")
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+            return
+        try:
+            nbytes = self._sock.recv_into(buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal read error on socket transport")
+            return
+        if not nbytes:
+            self._eof_received()
+            return
+        try:
+            protocol.buffer_updated(nbytes)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+
+    def _eof_received(self) -> None:
+        """The peer will send no more.  The protocol decides whether we may still write."""
+        self._loop.remove_reader(self._fd)
+        try:
+            keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            return
+        if not keep_open:
+            self.close()
+
+    def pause_reading(self) -> None:
+        """Stop calling ``data_received`` until :meth:`resume_reading`."""
+        if self._closing or self._reading_paused:
+            return
+        self._reading_paused = True
+        self._loop.remove_reader(self._fd)
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._reading_paused:
+            return
+        self._reading_paused = False
+        self._loop.add_reader(self._fd, self._readable)
+
+    def is_reading(self) -> bool:
+        return not self._closing and not self._reading_paused
+
+    # -- writing -------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data``: now if the kernel takes it, else from the buffer when writable."""
+        _check_bytes_like(data)
+        if self._eof_sent:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if not data:
+            return
+        if self._conn_lost:
+            if self._conn_lost >= _WRITES_AFTER_LOSS_BEFORE_WARNING:
+                logger.warning("socket.send() raised exception.")
+            self._conn_lost += 1
+            return
+        if not self._write_buffer:
+            assert self._sock is not None
+            try:
+                sent = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal write error on socket transport")
+                return
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
+            self._loop.add_writer(self._fd, self._on_writable)
+        self._write_buffer += data
+        self._maybe_pause_protocol()
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        self.write(b"".join(list_of_data))
+
+    def _on_writable(self) -> None:
+        """The socket has room: send as much of the buffer as it takes."""
+        assert self._sock is not None
+        try:
+            sent = self._sock.send(self._write_buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.remove_writer(self._fd)
+            self._write_buffer.clear()
+            self._fatal_error(exc, "Fatal write error on socket transport")
+            return
+        del self._write_buffer[:sent]
+        self._maybe_resume_protocol()
+        if self._write_buffer:
+            return
+        self._loop.remove_writer(self._fd)
+        if self._closing:
+            self._lose_connection(None)
+        elif self._eof_sent:
+            self._sock.shutdown(socket.SHUT_WR)
+
+    def write_eof(self) -> None:
+        """Close the sending side once the buffer is flushed; reading goes on."""
+        if self._closing or self._eof_sent:
+            return
+        self._eof_sent = True
+        if not self._write_buffer:
+            assert self._sock is not None
+            self._sock.shutdown(socket.SHUT_WR)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def get_write_buffer_size(self) -> int:
+        return len(self._write_buffer)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low_water, self._high_water)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Set the water marks (``high`` defaults to 64 KiB, ``low`` to ``high // 4``)."""
+        if high is None:
+            high = DEFAULT_HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high_water, self._low_water = high, low
+        self._maybe_pause_protocol()
+
+    def _maybe_pause_protocol(self) -> None:
+        if self._writing_paused or len(self._write_buffer) <= self._high_water:
+            return
+        self._writing_paused = True
+        self._call_protocol("pause_writing")
+
+    def _maybe_resume_protocol(self) -> None:
+        if not self._writing_paused or len(self._write_buffer) > self._low_water:
+            return
+        self._writing_paused = False
+        self._call_protocol("resume_writing")
+
+    def _call_protocol(self, method: str) -> None:
+        try:
+            getattr(self._protocol, method)()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler(
+                {
+                    "message": f"protocol.{method}() failed",
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+
+    # -- closing ----------------------------------------------------------------
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        """Stop reading, send what is buffered, then lose the connection."""
+        if self._closing:
+            return
+        self._closing = True
+        self._loop.remove_reader(self._fd)
+        if not self._write_buffer:
+            self._lose_connection(None)
+
+    def abort(self) -> None:
+        """Close at once, dropping whatever is still buffered."""
+        self._force_close(None)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        # asyncio's sslproto calls this private name on the transport under it.
+        if self._conn_lost:
+            return
+        if self._write_buffer:
+            self._write_buffer.clear()
+            self._loop.remove_writer(self._fd)
+        if not self._closing:
+            self._closing = True
+            self._loop.remove_reader(self._fd)
+        self._lose_connection(exc)
+
+    def _lose_connection(self, exc: BaseException | None) -> None:
+        self._conn_lost += 1
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _fatal_error(self, exc: BaseException, message: str) -> None:
+        if not isinstance(exc, _CONNECTION_ERRORS):
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+        self._force_close(exc)
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            # typeshed says Exception; asyncio passes any BaseException here.
+            self._protocol.connection_lost(exc)  # type: ignore[arg-type]
+        finally:
+            assert self._sock is not None
+            self._sock.close()
+            self._sock = None
+            server, self._server = self._server, None
+            if server is not None:
+                server._detach(self)
+
+
+def _resolve_waiter(waiter: asyncio.Future[None]) -> None:
+    if not waiter.cancelled():
+        waiter.set_result(None)

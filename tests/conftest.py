@@ -1,0 +1,44 @@
+"""Fixtures: the same test runs on asyncio's loop and on loopy's, in both task modes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.helpers import ALL_KINDS, LOOPY_KINDS, make_loop
+
+
+def _closing(loop: Any) -> Iterator[Any]:
+    try:
+        yield loop
+    finally:
+        if not loop.is_closed():
+            loop.close()
+        asyncio.set_event_loop(None)
+
+
+@pytest.fixture(params=LOOPY_KINDS)
+def loop(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A loopy loop, once per task mode."""
+    yield from _closing(make_loop(request.param))
+
+
+@pytest.fixture(params=ALL_KINDS)
+def any_loop(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """asyncio's loop and loopy's in both task modes: for behaviour they share."""
+    yield from _closing(make_loop(request.param))
+
+
+@pytest.fixture(params=LOOPY_KINDS)
+def vloop(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A loopy loop on a virtual clock (``vloop.virtual_clock``)."""
+    yield from _closing(make_loop(request.param, virtual=True))
+
+
+@pytest.fixture(params=ALL_KINDS)
+def any_vloop(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Every kind of loop, on a virtual clock."""
+    yield from _closing(make_loop(request.param, virtual=True))

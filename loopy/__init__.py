@@ -10,6 +10,9 @@ Start reading at ``loop.py``.  The package's files are its architecture:
 * ``transports.py`` a connected socket as protocol callbacks (streams build on it)
 * ``connections.py`` name resolution, ``create_connection``, TLS
 * ``servers.py``  ``create_server`` and the Server it returns
+* ``datagrams.py`` UDP and Unix datagram endpoints, ``sock_recvfrom``/``sock_sendto``
+* ``pipes.py``    ``connect_read_pipe``/``connect_write_pipe``: pipes and ptys as transports
+* ``subprocesses.py`` child processes: their pipes as transports, their exit via a pidfd
 * ``wakeup.py``   the socketpair that lets threads and signals wake the loop
 * ``threads.py``  ``call_soon_threadsafe`` and the default executor
 * ``signals.py``  ``add_signal_handler``

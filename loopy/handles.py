@@ -18,12 +18,38 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import os
 import reprlib
+import sys
+import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .loop import Loop
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+# How many frames debug mode records for each handle: enough to find the
+# caller, cheap enough to do for every callback.
+DEBUG_STACK_DEPTH = 10
+
+
+def creation_stack() -> traceback.StackSummary:
+    """Where the user's code called into loopy, innermost frame last (for debug mode).
+
+    Frames inside the loopy package are skipped, so the last entry is the
+    line that called ``call_soon`` (or ``call_later``, ``create_future``...).
+    """
+    frame: Any = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        frame = frame.f_back
+    stack = traceback.StackSummary.extract(
+        traceback.walk_stack(frame), limit=DEBUG_STACK_DEPTH, lookup_lines=False
+    )
+    stack.reverse()
+    return stack
 
 
 def callback_name(callback: Callable[..., object]) -> str:
@@ -65,6 +91,8 @@ class Handle(asyncio.Handle):
         self._context = context if context is not None else contextvars.copy_context()
         self._loop = loop
         self._cancelled = False
+        # In debug mode, where the handle was made, for error reports.
+        self._source_traceback = creation_stack() if loop._debug else None
 
     def cancel(self) -> None:
         """Make sure the callback never runs.  Cancelling twice is harmless."""

@@ -46,17 +46,22 @@ import selectors
 import sys
 import threading
 import time
+import traceback
 import warnings
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, TypeVarTuple, Unpack, cast
 
 from .connections import ConnectionMethods
+from .datagrams import DatagramMethods
 from .futures import Future as LoopyFuture
-from .handles import Handle, TimerHandle
+from .handles import DEBUG_STACK_DEPTH, Handle, TimerHandle
+from .instruments import Hooks
+from .pipes import PipeMethods
 from .servers import ServerMethods
 from .signals import SignalMethods
 from .sockets import SocketMethods
+from .subprocesses import SubprocessMethods
 from .tasks import Task as LoopyTask
 from .threads import ThreadMethods
 from .wakeup import Waker
@@ -111,6 +116,9 @@ class Loop(
     SocketMethods,
     SignalMethods,
     ThreadMethods,
+    DatagramMethods,
+    PipeMethods,
+    SubprocessMethods,
     asyncio.AbstractEventLoop,
 ):
     """A single-threaded event loop built on :mod:`selectors`.
@@ -148,9 +156,13 @@ class Loop(
         self._stopping = False  # stop() was called; leave after this iteration
         self._closed = False
         self._thread_id: int | None = None  # the running thread, None when not running
-        self._debug = False
+        # Debug mode starts on under `python -X dev` or PYTHONASYNCIODEBUG=1, as asyncio's.
+        self._debug = sys.flags.dev_mode or (
+            not sys.flags.ignore_environment and bool(os.environ.get("PYTHONASYNCIODEBUG"))
+        )
         self.slow_callback_duration = 0.1
         self._exception_handler: Callable[[Any, dict[str, Any]], object] | None = None
+        self._hooks: Hooks | None = None  # None while no instrument is attached
 
         self.task_mode: TaskMode = resolve_task_mode(tasks)
         self._future_class: Callable[..., Any]
@@ -189,6 +201,11 @@ class Loop(
         """
         ready = self._ready
         timers = self._timers
+        # Instruments (instruments.py), or None: with none attached, watching
+        # costs one check per step below.
+        hooks = self._hooks
+        if hooks is not None:
+            hooks.call("iteration_started", self)
 
         # 1. How long may select() block?
         if ready or self._stopping:
@@ -203,7 +220,13 @@ class Loop(
             timeout = None
 
         # 2. Wait for I/O, and queue the callbacks of the descriptors that are ready.
-        for key, mask in self._selector.select(timeout):
+        if hooks is None:
+            events = self._selector.select(timeout)
+        else:
+            hooks.call("wait_started", self, timeout)
+            events = self._selector.select(timeout)
+            hooks.call("wait_finished", self, [(key.fd, mask) for key, mask in events])
+        for key, mask in events:
             reader, writer = key.data
             if mask & selectors.EVENT_READ and reader is not None:
                 ready.append(reader)
@@ -212,36 +235,51 @@ class Loop(
 
         # 3. Move every due timer to the ready queue, earliest first.
         if timers:
-            end = self._clock() + self._clock_resolution
+            now = self._clock()
+            end = now + self._clock_resolution
             while timers and timers[0][0] < end:
                 timer = heapq.heappop(timers)[2]
                 timer._scheduled = False
                 if timer._cancelled:
                     self._cancelled_timers -= 1
-                else:
-                    ready.append(timer)
+                    continue
+                ready.append(timer)
+                if hooks is not None:
+                    hooks.call("timer_fired", self, timer, now - timer._when)
 
         # 4. Run exactly the callbacks that are ready now.  Anything they
         #    schedule lands behind them and waits for the next iteration.
         popleft = ready.popleft
-        if self._debug:
-            for _ in range(len(ready)):
-                handle = popleft()
-                if not handle._cancelled:
-                    self._run_timed(handle)
-        else:
+        if hooks is None and not self._debug:
             for _ in range(len(ready)):
                 handle = popleft()
                 if not handle._cancelled:
                     handle._run()
+        else:
+            for _ in range(len(ready)):
+                handle = popleft()
+                if not handle._cancelled:
+                    self._run_observed(handle)
+            if hooks is not None:
+                hooks.call("iteration_finished", self)
 
-    def _run_timed(self, handle: Handle) -> None:
-        """Run a handle and warn if it held the loop too long (debug mode only)."""
+    def _run_observed(self, handle: Handle) -> None:
+        """Run a handle under the eyes of the instruments and of debug mode.
+
+        Debug mode warns about a callback that held the loop longer than
+        ``slow_callback_duration``.
+        """
+        hooks = self._hooks
+        if hooks is not None:
+            hooks.call("callback_started", self, handle)
         started = self._clock()
         handle._run()
-        took = self._clock() - started
-        if took >= self.slow_callback_duration:
-            logger.warning("Executing %r took %.3f seconds", handle, took)
+        if self._debug:
+            took = self._clock() - started
+            if took >= self.slow_callback_duration:
+                logger.warning("Executing %r took %.3f seconds", handle, took)
+        if hooks is not None:
+            hooks.call("callback_finished", self, handle)
 
     def _drop_cancelled_head_timers(self) -> None:
         """Pop cancelled timers off the top of the heap, so the top is a live one."""
@@ -284,6 +322,8 @@ class Loop(
         sys.set_asyncgen_hooks(
             firstiter=self._asyncgen_firstiter, finalizer=self._asyncgen_finalize
         )
+        old_tracking_depth = sys.get_coroutine_origin_tracking_depth()
+        self._track_coroutine_origins(self._debug)
         asyncio.events._set_running_loop(self)
         try:
             while True:
@@ -295,6 +335,7 @@ class Loop(
             self._thread_id = None
             asyncio.events._set_running_loop(None)
             sys.set_asyncgen_hooks(*old_hooks)
+            sys.set_coroutine_origin_tracking_depth(old_tracking_depth)
 
     def run_until_complete(self, future: Generator[Any, None, _T] | Awaitable[_T]) -> _T:
         """Run until ``future`` (a future, task or coroutine) is done; return its result."""
@@ -421,6 +462,8 @@ class Loop(
         handle = TimerHandle(when, callback, args, self, context)
         heapq.heappush(self._timers, (when, next(self._timer_sequence), handle))
         handle._scheduled = True
+        if self._hooks is not None:
+            self._hooks.call("timer_scheduled", self, handle)
         return handle
 
     def _check_callback(self, callback: object, method: str) -> None:
@@ -535,7 +578,14 @@ class Loop(
                 task = self._task_factory(self, coro, context=context)
             if name is not None:
                 task.set_name(name)
+        if self._hooks is not None:
+            self._hooks.call("task_created", self, task, asyncio.current_task(self))
+            task.add_done_callback(self._report_task_finished)
         return task
+
+    def _report_task_finished(self, task: asyncio.Task[Any]) -> None:
+        if self._hooks is not None:
+            self._hooks.call("task_finished", self, task)
 
     def set_task_factory(self, factory: Any) -> None:
         """Use ``factory(loop, coro, context=...)`` to make tasks (None: the default)."""
@@ -579,10 +629,17 @@ class Loop(
             for key, value in sorted(context.items())
             if key not in ("message", "exception")
         ]
+        for key in ("handle", "future", "task"):
+            origin = getattr(context.get(key), "_source_traceback", None)
+            if origin:
+                created_at = "".join(traceback.format_list(origin)).rstrip()
+                details.append(f"{key} created at (most recent call last):\n{created_at}")
         logger.error("\n".join([message, *details]), exc_info=exc_info)
 
     def call_exception_handler(self, context: dict[str, Any]) -> None:
         """Report an error caught by the loop.  Never raises: the loop must carry on."""
+        if self._hooks is not None:
+            self._hooks.call("exception_reported", self, context)
         handler = self._exception_handler
         if handler is None:
             try:
@@ -620,8 +677,41 @@ class Loop(
         return self._debug
 
     def set_debug(self, enabled: bool) -> None:
-        """In debug mode the loop checks callbacks and logs slow ones."""
+        """In debug mode the loop checks callbacks, logs slow ones and records origins.
+
+        Every handle then remembers where it was scheduled, and every
+        coroutine where it was created, so error reports can say so.
+        """
         self._debug = enabled
+        if self.is_running():
+            self._track_coroutine_origins(enabled)
+
+    @staticmethod
+    def _track_coroutine_origins(enabled: bool) -> None:
+        sys.set_coroutine_origin_tracking_depth(DEBUG_STACK_DEPTH if enabled else 0)
+
+    # ------------------------------------------------------------------
+    # Instruments
+    # ------------------------------------------------------------------
+
+    def add_instrument(self, instrument: object) -> None:
+        """Attach an instrument: an object with some of the hooks listed in ``instruments.py``."""
+        if self._hooks is None:
+            self._hooks = Hooks()
+        self._hooks.add(instrument)
+
+    def remove_instrument(self, instrument: object) -> None:
+        """Detach an instrument; ValueError if it is not attached."""
+        if self._hooks is None:
+            raise ValueError(f"{instrument!r} is not attached")
+        self._hooks.remove(instrument)
+        if not self._hooks.instruments:
+            self._hooks = None  # back to the path with no hooks at all
+
+    @property
+    def instruments(self) -> tuple[object, ...]:
+        """The instruments attached, in the order they were added."""
+        return tuple(self._hooks.instruments) if self._hooks is not None else ()
 
     # ------------------------------------------------------------------
     # Async generators

@@ -40,6 +40,13 @@ def _ignore_signal(signum: int, frame: object) -> None:
     """The Python-level handler: the wake-up fd does the real work."""
 
 
+def _check_signal(sig: object) -> None:
+    if not isinstance(sig, int):
+        raise TypeError(f"sig must be an int, not {sig!r}")
+    if sig not in signal.valid_signals():
+        raise ValueError(f"sig {sig} out of range")
+
+
 class SignalMethods:
     """The signal part of the loop (a mixin of :class:`loopy.loop.Loop`)."""
 
@@ -58,10 +65,7 @@ class SignalMethods:
 
         Only from the main thread, as Python allows signal handlers only there.
         """
-        if not isinstance(sig, int):
-            raise TypeError(f"sig must be an int, not {sig!r}")
-        if sig not in signal.valid_signals():
-            raise ValueError(f"sig {sig} out of range")
+        _check_signal(sig)
         self._check_closed()  # type: ignore[attr-defined]
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("add_signal_handler() can only be called from the main thread")
@@ -81,6 +85,7 @@ class SignalMethods:
 
     def remove_signal_handler(self, sig: int) -> bool:
         """Restore the default action of ``sig``; True if a handler was removed."""
+        _check_signal(sig)
         if sig not in self._signal_handlers:
             return False
         if threading.current_thread() is not threading.main_thread():
@@ -99,10 +104,13 @@ class SignalMethods:
         Bytes of 0 come from ``call_soon_threadsafe``, and numbers with no
         handler from a signal some other code handles: both are ignored.
         """
+        hooks = self._hooks  # type: ignore[attr-defined]
         for signum in data:
             handle = self._signal_handlers.get(signum)
             if handle is not None:
                 self._ready.append(handle)  # type: ignore[attr-defined]
+                if hooks is not None:
+                    hooks.call("signal_received", self, signum)
 
     def _claim_wakeup_fd(self) -> None:
         previous = signal.set_wakeup_fd(self._waker.write_fileno(), warn_on_full_buffer=False)

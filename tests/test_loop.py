@@ -794,3 +794,75 @@ def test_garbage_collected_asyncgen_is_finalized_on_the_loop(any_loop: Any) -> N
 
     any_loop.run_until_complete(main())
     assert closed == ["finalized"]
+
+
+def test_debug_mode_records_where_each_handle_was_made(any_loop: Any) -> None:
+    import sys
+
+    any_loop.set_debug(True)
+
+    def origin(handle: Any) -> tuple[str, int, str]:
+        return tuple(handle._source_traceback[-1][:3])  # type: ignore[return-value]
+
+    here = sys._getframe().f_code.co_name
+    line = sys._getframe().f_lineno
+    handles = [
+        any_loop.call_soon(print),
+        any_loop.call_soon_threadsafe(print),
+        any_loop.call_later(1, print),
+        any_loop.call_at(1, print),
+    ]
+    for offset, handle in enumerate(handles, start=2):
+        assert origin(handle) == (__file__, line + offset, here)
+        handle.cancel()
+    any_loop.set_debug(False)
+    assert any_loop.call_soon(print)._source_traceback is None
+
+
+def test_debug_mode_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYTHONASYNCIODEBUG", "1")
+    loop = make_loop("loopy")
+    try:
+        assert loop.get_debug()
+    finally:
+        loop.close()
+    monkeypatch.delenv("PYTHONASYNCIODEBUG")
+    loop = make_loop("loopy")
+    try:
+        assert not loop.get_debug()
+    finally:
+        loop.close()
+
+
+def test_debug_mode_tracks_coroutine_origins_while_running(loop: Any) -> None:
+    # (asyncio's own loop applies a change made while running one iteration later.)
+    import sys
+
+    any_loop = loop
+    depths: list[int] = []
+
+    async def probe() -> None:
+        depths.append(sys.get_coroutine_origin_tracking_depth())
+        any_loop.set_debug(False)
+        depths.append(sys.get_coroutine_origin_tracking_depth())
+
+    any_loop.set_debug(True)
+    any_loop.run_until_complete(probe())
+    assert depths == [10, 0]
+    assert sys.get_coroutine_origin_tracking_depth() == 0
+
+
+def test_error_report_says_where_the_handle_was_made(
+    loop: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    loop.set_debug(True)
+
+    def broken() -> None:
+        raise ValueError("x")
+
+    with caplog.at_level(logging.ERROR, logger="loopy"):
+        loop.call_soon(broken)
+        run_briefly(loop)
+    message = caplog.records[0].getMessage()
+    assert "handle created at (most recent call last):" in message
+    assert "test_error_report_says_where_the_handle_was_made" in message

@@ -1,0 +1,135 @@
+"""Instruments: hooks that let you watch the loop work, at no cost when none is attached.
+
+An *instrument* is any object with some of the methods of :class:`Instrument`.
+``loop.add_instrument(obj)`` attaches it, and from then on the loop calls the
+methods it has at each point of its work:
+
+================================  ===============================================
+hook                              called
+================================  ===============================================
+``iteration_started(loop)``       at the top of every iteration of ``_run_once``
+``wait_started(loop, timeout)``   right before ``select(timeout)``
+``wait_finished(loop, events)``   right after it, with ``[(fd, mask), ...]``
+                                  (``mask``: ``selectors.EVENT_READ``/``EVENT_WRITE``)
+``timer_fired(loop, handle,       when a due timer moves to the ready queue;
+lateness)``                       ``lateness`` is seconds past its deadline
+``callback_started(loop, handle)``  before each callback (a task step is one)
+``callback_finished(loop,         after it
+handle)``
+``iteration_finished(loop)``      at the end of every iteration
+``timer_scheduled(loop, handle)`` from ``call_at``/``call_later``
+``task_created(loop, task,        from ``create_task``; ``parent`` is the task
+parent)``                         that was running, or None
+``task_finished(loop, task)``     when a task created by ``create_task`` is done
+``signal_received(loop, signum)`` when a signal with a handler arrives
+``exception_reported(loop,        from ``call_exception_handler``
+context)``
+================================  ===============================================
+
+Cost: the loop keeps ``None`` instead of a hook table while no instrument is
+attached, and checks it a few times per iteration; attaching one switches the
+loop to a path that calls the hooks.  Only the methods an instrument actually
+defines are called.  An instrument whose hook raises is detached and the error
+logged: a broken observer must not break what it observes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger("loopy")
+
+#: Every hook the loop calls, in the order they occur within an iteration first.
+HOOK_NAMES = (
+    "iteration_started",
+    "wait_started",
+    "wait_finished",
+    "timer_fired",
+    "callback_started",
+    "callback_finished",
+    "iteration_finished",
+    "timer_scheduled",
+    "task_created",
+    "task_finished",
+    "signal_received",
+    "exception_reported",
+)
+
+
+class Instrument:
+    """A base class with every hook doing nothing: subclass it and override what you need.
+
+    Subclassing is optional; any object with some of these methods works.
+    """
+
+    def iteration_started(self, loop: Any) -> None: ...
+
+    def wait_started(self, loop: Any, timeout: float | None) -> None: ...
+
+    def wait_finished(self, loop: Any, events: list[tuple[int, int]]) -> None: ...
+
+    def timer_fired(self, loop: Any, handle: Any, lateness: float) -> None: ...
+
+    def callback_started(self, loop: Any, handle: Any) -> None: ...
+
+    def callback_finished(self, loop: Any, handle: Any) -> None: ...
+
+    def iteration_finished(self, loop: Any) -> None: ...
+
+    def timer_scheduled(self, loop: Any, handle: Any) -> None: ...
+
+    def task_created(self, loop: Any, task: Any, parent: Any) -> None: ...
+
+    def task_finished(self, loop: Any, task: Any) -> None: ...
+
+    def signal_received(self, loop: Any, signum: int) -> None: ...
+
+    def exception_reported(self, loop: Any, context: dict[str, Any]) -> None: ...
+
+
+def _defines(instrument: object, name: str) -> bool:
+    """Whether ``instrument`` has hook ``name`` of its own (not Instrument's no-op)."""
+    method = getattr(type(instrument), name, None)
+    return callable(method) and method is not getattr(Instrument, name)
+
+
+class Hooks:
+    """The instruments attached to one loop, filed by the hooks each defines.
+
+    Each attribute named after a hook is a list of bound methods, so the loop
+    calls ``for hook in hooks.wait_started: hook(loop, timeout)`` and an
+    instrument without that method costs nothing there.
+    """
+
+    def __init__(self) -> None:
+        self.instruments: list[object] = []
+        for name in HOOK_NAMES:
+            setattr(self, name, [])
+
+    def add(self, instrument: object) -> None:
+        if instrument in self.instruments:
+            return
+        self.instruments.append(instrument)
+        for name in HOOK_NAMES:
+            if _defines(instrument, name):
+                getattr(self, name).append(getattr(instrument, name))
+
+    def remove(self, instrument: object) -> None:
+        """Detach ``instrument``; ValueError if it is not attached."""
+        self.instruments.remove(instrument)
+        for name in HOOK_NAMES:
+            methods: list[Callable[..., None]] = getattr(self, name)
+            methods[:] = [m for m in methods if getattr(m, "__self__", None) is not instrument]
+
+    def call(self, name: str, *args: Any) -> None:
+        """Call hook ``name`` of every instrument that has it."""
+        for method in list(getattr(self, name)):
+            try:
+                method(*args)
+            except Exception:
+                instrument = method.__self__
+                logger.exception("Instrument %r raised in %s(); detaching it", instrument, name)
+                if instrument in self.instruments:
+                    self.remove(instrument)

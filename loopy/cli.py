@@ -15,20 +15,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import NamedTuple
 
 from . import demo
-from .loop import TASK_MODE_ENV, TASK_MODES, new_event_loop
+from .loop import TASK_MODE_ENV, TASK_MODES, new_event_loop, resolve_task_mode
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(module)s %(threadName)s %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class Command(NamedTuple):
+    """A subcommand: its one-line help, how it adds its options, how it runs."""
+
     help: str
     add_arguments: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
@@ -101,9 +102,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(options: argparse.Namespace) -> int:
-    tasks = options.tasks or os.environ.get(TASK_MODE_ENV) or "asyncio"
-    if tasks not in TASK_MODES:
-        print(f"loopy: ${TASK_MODE_ENV} must be one of {', '.join(TASK_MODES)}", file=sys.stderr)
+    try:
+        tasks = resolve_task_mode(options.tasks)
+    except ValueError as exc:  # a bad $LOOPY_TASKS (--tasks itself is checked by argparse)
+        print(f"loopy: ${TASK_MODE_ENV}: {exc}", file=sys.stderr)
         return 2
     try:
         listener = demo.open_listener(options.host, options.port)

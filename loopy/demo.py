@@ -223,6 +223,9 @@ class Program:
             task = loop.create_task(self._serve(conn, address))
             self.connections.add(task)
             task.add_done_callback(self.connections.discard)
+            # A task cancelled before its first step never enters `with conn`
+            # (shutdown right after an accept): close the socket here too.
+            task.add_done_callback(lambda _task, sock=conn: sock.close())
 
     async def _serve(self, conn: socket.socket, address: Any) -> None:
         """Log everything one client sends, until it closes or resets the connection."""

@@ -45,7 +45,7 @@ from collections.abc import Callable, Generator
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 
-from .handles import callback_name
+from .handles import callback_name, creation_stack
 
 __all__ = ["CancelledError", "Future", "InvalidStateError"]
 
@@ -61,9 +61,9 @@ _PENDING = "PENDING"
 _CANCELLED = "CANCELLED"
 _FINISHED = "FINISHED"
 
-# Python 3.13 stopped refusing a StopIteration in set_exception(): it stores a
-# RuntimeError caused by it instead.  (Raised out of a generator, a
-# StopIteration would silently end the generator rather than propagate.)
+# A StopIteration raised inside a generator (``__await__`` is one) would be
+# turned into a RuntimeError there anyway (PEP 479), so asyncio never stores
+# one: Python 3.11 and 3.12 refuse it, 3.13 stores a RuntimeError caused by it.
 _WRAP_STOP_ITERATION = sys.version_info >= (3, 13)
 _STOP_ITERATION_MESSAGE = (
     "StopIteration interacts badly with generators and cannot be raised into a Future"
@@ -93,6 +93,7 @@ class Future(Generic[_T]):
         "_log_traceback",
         "_loop",
         "_result",
+        "_source_traceback",
         "_state",
     )
 
@@ -120,6 +121,8 @@ class Future(Generic[_T]):
         # Set by __await__ just before it yields the future to a task, which
         # clears it.  Only a future that went through __await__ may be waited on.
         self._asyncio_future_blocking = False
+        # In debug mode, where the future was made, for error reports.
+        self._source_traceback = creation_stack() if self._loop.get_debug() else None
 
     def __del__(self) -> None:
         if not self._log_traceback:

@@ -199,7 +199,7 @@ class Task(Future[_T]):
         blocking = getattr(yielded, "_asyncio_future_blocking", None)
         if blocking is None:
             if yielded is None:
-                self._step()
+                self._loop.call_soon(self._step, context=self._context)
             else:
                 self._throw_later(RuntimeError(f"Task got bad yield: {yielded!r}"))
         elif _get_loop(yielded) is not self._loop:

@@ -96,7 +96,10 @@ class ThreadMethods:
             try:
                 executor.shutdown(wait=True)
             finally:
-                self.call_soon_threadsafe(_set_result_unless_done, done)
+                try:
+                    self.call_soon_threadsafe(_set_result_unless_done, done)
+                except RuntimeError:
+                    pass  # the loop was closed meanwhile: nobody is waiting any more
 
         thread = threading.Thread(target=shut_down, name="loopy-executor-shutdown")
         thread.start()

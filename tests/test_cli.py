@@ -86,7 +86,9 @@ def test_a_bad_loopy_tasks_variable_exits_2(
 ) -> None:
     monkeypatch.setenv("LOOPY_TASKS", "threads")
     assert cli.main(["--port", "0"]) == 2
-    assert capsys.readouterr().err == "loopy: $LOOPY_TASKS must be one of asyncio, loopy\n"
+    assert capsys.readouterr().err == (
+        "loopy: $LOOPY_TASKS: unknown task mode 'threads': expected one of asyncio, loopy\n"
+    )
 
 
 def test_a_busy_port_exits_1_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
@@ -202,6 +204,13 @@ def test_python_m_loopy_runs_main(
 # ======================================================================
 
 
+RUN_WITH_FD_LIMIT = """\
+import resource, runpy
+resource.setrlimit(resource.RLIMIT_NOFILE, (%d, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+runpy.run_module("loopy", run_name="__main__", alter_sys=True)
+"""
+
+
 class Loopy:
     """``python -m loopy --port 0 ARGS`` as a child process, its log read line by line.
 
@@ -209,9 +218,15 @@ class Loopy:
     for the lines it expects, each wait bounded by ``TIMEOUT``.
     """
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, fd_limit: int | None = None
+    ) -> None:
+        python = [sys.executable, "-m", "loopy"]
+        if fd_limit is not None:
+            # Lower the limit in the child itself, then run loopy as -m would.
+            python = [sys.executable, "-c", RUN_WITH_FD_LIMIT % fd_limit]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loopy", "--port", "0", *args],
+            [*python, "--port", "0", *args],
             cwd=ROOT,
             env={**os.environ, **(env or {})},
             stdin=subprocess.DEVNULL,
@@ -299,8 +314,8 @@ def start() -> Iterator[Any]:
     """``start(*args)``: a running ``Loopy``; killed and reaped after the test."""
     started: list[Loopy] = []
 
-    def _start(*args: str, env: dict[str, str] | None = None) -> Loopy:
-        started.append(Loopy(*args, env=env))
+    def _start(*args: str, **kwargs: Any) -> Loopy:
+        started.append(Loopy(*args, **kwargs))
         return started[-1]
 
     yield _start
@@ -510,4 +525,43 @@ def test_500_clients_at_once(start: Any) -> None:
         assert f"Accept from {addr}" in messages
         assert f"Recvd (from {addr}): b'client {number}\\n'" in messages
         assert f"Closed {addr}" in messages
+    assert "Traceback" not in "\n".join(loopy.lines)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_running_out_of_file_descriptors_pauses_accepting(start: Any) -> None:
+    loopy = start("--interval", "0.1", fd_limit=40)
+    clients = []
+    try:
+        for number in range(60):
+            sock, addr = client(loopy.port)  # queued by the kernel, all of them
+            clients.append((sock, addr))
+            sock.sendall(b"client %d\n" % number)
+        loopy.wait_for(r"Cannot accept \(\[Errno 24\] Too many open files\): pausing .*")
+        accepted = {m[1] for m in loopy.messages_matching(r"Accept from (.*)")}
+        assert 10 < len(accepted) < 60
+        # Out of descriptors, the server neither spins nor stops ticking.
+        loopy.wait_for_ticks(1)
+        before, started = cpu_seconds(loopy.proc.pid), time.monotonic()
+        loopy.wait_for_ticks(5)
+        assert cpu_seconds(loopy.proc.pid) - before < 0.5 * (time.monotonic() - started)
+        # Free descriptors: the rest are accepted and served.
+        for sock, addr in clients:
+            if addr in accepted:
+                sock.close()
+        loopy.wait_for(r"Accept from .*", count=60)
+        loopy.wait_for(r"Recvd \(from .*", count=60)
+    finally:
+        for sock, _ in clients:
+            sock.close()
+    loopy.wait_for(r"Closed .*", count=60)
+    assert loopy.stop() == 0
+    warnings = [line for line in loopy.lines if " WARNING " in line]
+    assert 1 <= len(warnings) <= 3  # once per shortage, not once per attempt
     assert "Traceback" not in "\n".join(loopy.lines)

@@ -475,3 +475,27 @@ def test_a_failing_ticker_stops_the_program_and_raises(
 def test_stop_before_run_does_nothing() -> None:
     with demo.open_listener("127.0.0.1", 0) as listener:
         demo.Program(listener).stop()
+
+
+def test_a_connection_cancelled_before_its_first_step_is_closed(loop: Any) -> None:
+    """Shutdown right after an accept: the connection's task never ran, its socket closes."""
+    listener = demo.open_listener("127.0.0.1", 0)
+    client = socket.create_connection(listener.getsockname())
+    program = demo.Program(listener)
+
+    async def main() -> socket.socket:
+        acceptor = asyncio.ensure_future(program._accept_forever())
+        await asyncio.sleep(0)  # the acceptor's first step accepts the waiting client
+        (task,) = program.connections
+        conn: socket.socket = task.get_coro().cr_frame.f_locals["conn"]
+        task.cancel()  # before the connection's task ever ran
+        acceptor.cancel()
+        await asyncio.gather(task, acceptor, return_exceptions=True)
+        return conn
+
+    try:
+        conn = loop.run_until_complete(main())
+        assert conn.fileno() == -1
+    finally:
+        client.close()
+        listener.close()

@@ -254,6 +254,20 @@ def test_remove_done_callback_counts_every_registration(any_loop: Any) -> None:
     assert calls == ["second"]
 
 
+def test_remove_done_callback_compares_with_equality(any_loop: Any) -> None:
+    # A bound method is a new object each time it is looked up, but equal.
+    class Listener:
+        def on_done(self, _: Any) -> None:
+            raise AssertionError("removed")
+
+    listener = Listener()
+    fut = any_loop.create_future()
+    fut.add_done_callback(listener.on_done)
+    assert fut.remove_done_callback(listener.on_done) == 1
+    fut.set_result(None)
+    run_ready(any_loop)
+
+
 def test_callback_runs_in_the_context_of_add_done_callback(any_loop: Any) -> None:
     fut = any_loop.create_future()
     seen: list[str] = []

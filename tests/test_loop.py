@@ -819,6 +819,20 @@ def test_debug_mode_records_where_each_handle_was_made(any_loop: Any) -> None:
     assert any_loop.call_soon(print)._source_traceback is None
 
 
+def test_debug_mode_records_where_a_loopy_future_was_made() -> None:
+    import sys
+
+    loop = make_loop("loopy-own")
+    try:
+        loop.set_debug(True)
+        line = sys._getframe().f_lineno + 1
+        future = loop.create_future()
+        assert tuple(future._source_traceback[-1][:2]) == (__file__, line)
+        future.cancel()
+    finally:
+        loop.close()
+
+
 def test_debug_mode_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONASYNCIODEBUG", "1")
     loop = make_loop("loopy")

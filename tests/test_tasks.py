@@ -204,12 +204,16 @@ def test_bare_yield_gives_the_others_one_turn(any_loop: Any) -> None:
 
 def test_any_task_awaits_a_loopy_future(any_loop: Any) -> None:
     # On "loopy" this is asyncio's C Task awaiting loopy's Future.
+    fut = Future(loop=any_loop)
+
     async def main() -> Any:
-        fut = Future(loop=any_loop)
-        any_loop.call_soon(fut.set_result, "from loopy")
         return await fut
 
-    assert any_loop.run_until_complete(any_loop.create_task(main())) == "from loopy"
+    task = any_loop.create_task(main())
+    run_ready(any_loop)
+    assert fut._asyncio_future_blocking is False  # the task took it
+    fut.set_result("from loopy")
+    assert any_loop.run_until_complete(task) == "from loopy"
 
 
 def test_cancelling_any_task_cancels_the_loopy_future_it_awaits(any_loop: Any) -> None:
@@ -236,6 +240,7 @@ def test_loopy_task_awaits_asyncio_future(any_loop: Any) -> None:
     task = Task(main(), loop=any_loop)
     run_ready(any_loop)
     assert task._fut_waiter is fut
+    assert fut._asyncio_future_blocking is False  # the task took it
     fut.set_result("from asyncio")
     assert any_loop.run_until_complete(task) == "from asyncio"
 
@@ -447,6 +452,29 @@ def test_uncancel_keeps_the_cancellation_while_requests_remain(any_loop: Any) ->
     assert task.uncancel() == 1
     with pytest.raises(CancelledError):
         any_loop.run_until_complete(task)
+
+
+def test_the_coroutines_cancelled_error_is_raised_once(any_loop: Any) -> None:
+    raised: list[BaseException] = []
+
+    async def main() -> None:
+        try:
+            await forever(any_loop)
+        except CancelledError as cancel:
+            raised.append(cancel)
+            raise
+
+    task = any_loop.create_task(main())
+    run_ready(any_loop)
+    task.cancel()
+    run_ready(any_loop)
+    assert task.cancelled()
+    with pytest.raises(CancelledError) as first:
+        task.result()
+    with pytest.raises(CancelledError) as second:
+        task.result()
+    assert first.value is raised[0]
+    assert second.value is not raised[0]
 
 
 def test_cancelled_error_chains_to_where_it_surfaced(any_loop: Any) -> None:
@@ -731,11 +759,15 @@ def test_task_runs_in_the_given_context(any_loop: Any) -> None:
     async def body() -> str:
         request_id.set(request_id.get() + " and changed")
         await asyncio.sleep(0)
+        fut = any_loop.create_future()
+        any_loop.call_soon(fut.set_result, None)
+        await fut  # resumed by a done callback: still in the same context
+        request_id.set(request_id.get() + " twice")
         return request_id.get()
 
     task = any_loop.create_task(body(), context=context)
-    assert any_loop.run_until_complete(task) == "given and changed"
-    assert context[request_id] == "given and changed"
+    assert any_loop.run_until_complete(task) == "given and changed twice"
+    assert context[request_id] == "given and changed twice"
     assert request_id.get() == "-"
     assert Task(asyncio.sleep(0), loop=any_loop, context=context).get_context() is context
     run_ready(any_loop)
@@ -821,8 +853,10 @@ def test_get_stack_while_running_keeps_the_newest_frames(any_loop: Any) -> None:
     async def running() -> list[str]:
         task = asyncio.current_task()
         assert task is not None
-        assert len(task.get_stack()) > 1  # the loop's frames are below it
-        return [f.f_code.co_name for f in task.get_stack(limit=1)]
+        assert len(task.get_stack()) > 2  # the loop's frames are below it
+        newest_two = [f.f_code.co_name for f in task.get_stack(limit=2)]
+        assert len(newest_two) == 2
+        return newest_two[-1:]  # oldest first: the coroutine comes last
 
     assert any_loop.run_until_complete(running()) == ["running"]
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import socket
 import ssl as ssl_module
 from asyncio import sslproto, staggered
@@ -32,16 +33,26 @@ AddrInfo = tuple[Any, ...]
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
 
+# The socket types the numeric fast path answers, with the protocol of each.
+_PROTOCOL_OF_TYPE: dict[int, int] = {
+    socket.SOCK_STREAM: socket.IPPROTO_TCP,
+    socket.SOCK_DGRAM: socket.IPPROTO_UDP,
+}
+
 
 def _numeric_addrinfo(
     host: Any, port: Any, family: int, type_: int, proto: int, flags: int
 ) -> list[AddrInfo] | None:
     """The getaddrinfo() answer for a numeric host and port, or None if a lookup is needed.
 
-    Only the unambiguous case is answered: a socket type is given, the host
-    is an IP address, and the port is a number.
+    Only the unambiguous case is answered: a socket type is given (with its
+    own protocol or none), the host is an IP address, and the port is a
+    number in range.  Anything else -- including every error -- is left to
+    the real getaddrinfo, so that it keeps its exact answers and messages.
     """
-    if type_ not in (socket.SOCK_STREAM, socket.SOCK_DGRAM) or flags & ~socket.AI_PASSIVE:
+    if type_ not in _PROTOCOL_OF_TYPE or flags & ~socket.AI_PASSIVE:
+        return None
+    if proto not in (0, _PROTOCOL_OF_TYPE[type_]):
         return None
     if not isinstance(host, (str, bytes)) or not host:
         return None
@@ -52,13 +63,13 @@ def _numeric_addrinfo(
     elif isinstance(port, bytes):
         port = port.decode()
     if isinstance(port, str):
-        if not port.isdigit():
-            return None
+        if not (port.isascii() and port.isdigit()):
+            return None  # a service name such as "http"
         port = int(port)
-    if not isinstance(port, int):
+    # (glibc quietly wraps 70000 around to 4464: leave such ports to it.)
+    if not isinstance(port, int) or not 0 <= port <= 65535:
         return None
-    if proto == 0:
-        proto = socket.IPPROTO_TCP if type_ == socket.SOCK_STREAM else socket.IPPROTO_UDP
+    proto = _PROTOCOL_OF_TYPE[type_]
     for candidate in (socket.AF_INET, socket.AF_INET6):
         if family not in (socket.AF_UNSPEC, candidate):
             continue
@@ -120,6 +131,12 @@ def _check_ssl_arguments(
         raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
     if shutdown_timeout is not None:
         raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+
+
+def _check_plain_socket(sock: socket.socket) -> None:
+    # An ssl.SSLSocket does its own (blocking) TLS: the loop cannot drive it.
+    if isinstance(sock, ssl_module.SSLSocket):
+        raise TypeError("Socket cannot be of type SSLSocket")
 
 
 def _retrieve_exception(future: asyncio.Future[Any]) -> None:
@@ -312,8 +329,10 @@ class ConnectionMethods:
             )
         elif sock is None:
             raise ValueError("host and port was not specified and no sock specified")
-        elif sock.type != socket.SOCK_STREAM:
-            raise ValueError(f"A Stream Socket was expected, got {sock!r}")
+        else:
+            _check_plain_socket(sock)
+            if sock.type != socket.SOCK_STREAM:
+                raise ValueError(f"A Stream Socket was expected, got {sock!r}")
         return await self._connected(sock, protocol_factory, make_transport)
 
     async def _connect_to_any(
@@ -360,18 +379,20 @@ class ConnectionMethods:
     ) -> socket.socket:
         """One attempt: a socket of the address's family, bound locally if asked, connected."""
         family, type_, proto, _, address = info
-        sock = socket.socket(family, type_, proto)
+        sock = None
         try:
+            # Inside the try: a family the host cannot use (IPv6 turned off)
+            # fails here, and that is one more error to report.
+            sock = socket.socket(family, type_, proto)
             sock.setblocking(False)
             if local_infos is not None:
                 self._bind_local(sock, family, local_infos)
             await self.sock_connect(sock, address)
-        except OSError as exc:
-            errors.append(exc)
-            sock.close()
-            raise
-        except BaseException:
-            sock.close()
+        except BaseException as exc:  # a failure, or cancelled by happy eyeballs
+            if sock is not None:
+                sock.close()
+            if isinstance(exc, OSError):
+                errors.append(exc)
             raise
         return sock
 
@@ -395,7 +416,7 @@ class ConnectionMethods:
     async def create_unix_connection(
         self,
         protocol_factory: Callable[[], asyncio.BaseProtocol],
-        path: str | None = None,
+        path: str | os.PathLike[str] | None = None,
         *,
         ssl: Any = None,
         sock: socket.socket | None = None,
@@ -419,6 +440,7 @@ class ConnectionMethods:
         if path is not None:
             if sock is not None:
                 raise ValueError("path and sock can not be specified at the same time")
+            path = os.fspath(path)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.setblocking(False)
@@ -442,6 +464,7 @@ class ConnectionMethods:
         ssl_shutdown_timeout: float | None = None,
     ) -> tuple[Any, Any]:
         """Wrap a socket accepted outside the loop in a transport (server side)."""
+        _check_plain_socket(sock)
         if sock.type != socket.SOCK_STREAM:
             raise ValueError(f"A Stream Socket was expected, got {sock!r}")
         make_transport = self._connection_factory(

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import math
 import signal
@@ -127,6 +128,10 @@ async def _sleep_until(loop: asyncio.AbstractEventLoop, when: float) -> None:
         await waiter
     finally:
         timer.cancel()
+
+
+def _close_socket(sock: socket.socket, task: asyncio.Task[None]) -> None:
+    sock.close()  # closing twice is harmless
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -225,7 +230,7 @@ class Program:
             task.add_done_callback(self.connections.discard)
             # A task cancelled before its first step never enters `with conn`
             # (shutdown right after an accept): close the socket here too.
-            task.add_done_callback(lambda _task, sock=conn: sock.close())
+            task.add_done_callback(functools.partial(_close_socket, conn))
 
     async def _serve(self, conn: socket.socket, address: Any) -> None:
         """Log everything one client sends, until it closes or resets the connection."""

@@ -178,6 +178,8 @@ class Loop(
         self._asyncgens: weakref.WeakSet[AsyncGenerator[Any, Any]] = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
 
+        # How many descriptors the selector watches, the wake-up socket included.
+        self._watched_fds = 0
         self._waker = Waker()
         self.add_reader(self._waker.fileno(), self._on_wakeup)
         SignalMethods.__init__(self)
@@ -220,7 +222,12 @@ class Loop(
             timeout = None
 
         # 2. Wait for I/O, and queue the callbacks of the descriptors that are ready.
-        if hooks is None:
+        if timeout == 0 and self._watched_fds == 1 and not self._signal_handlers:
+            # Only the wake-up socket is watched, and it carries nothing we
+            # could miss (threadsafe callbacks are queued already): skip the
+            # system call.  This makes a busy callback chain several times faster.
+            events = []
+        elif hooks is None:
             events = self._selector.select(timeout)
         else:
             hooks.call("wait_started", self, timeout)
@@ -518,6 +525,7 @@ class Loop(
         except KeyError:
             data = (handle, None) if event == selectors.EVENT_READ else (None, handle)
             self._selector.register(fd, event, data)
+            self._watched_fds += 1
             return
         reader, writer = key.data
         if event == selectors.EVENT_READ:
@@ -545,6 +553,7 @@ class Loop(
             self._selector.modify(fd, remaining, data)
         else:
             self._selector.unregister(fd)
+            self._watched_fds -= 1
         if old is None:
             return False
         # A handle already queued for this iteration must not run any more.

@@ -11,6 +11,8 @@ not spin: the listening socket would stay readable, ``select()`` would return
 at once, ``accept()`` would fail again, forever at 100% CPU.  So the server
 stops watching its sockets for :data:`ACCEPT_RETRY_DELAY` seconds, logs the
 outage once (not once per attempt), and logs again when accepting works.
+The server is still serving meanwhile (``is_serving()`` stays true): the
+connections wait in the kernel's queue, not refused.
 
 ``close()`` stops listening; ``wait_closed()`` waits until every connection
 the server accepted is gone too (the behaviour asyncio settled on in 3.12).
@@ -66,7 +68,9 @@ class Server(asyncio.AbstractServer):
         self._connections: set[Any] = set()  # transports accepted and not yet lost
         self._waiters: list[asyncio.Future[None]] | None = []
         self._accept_outage = False  # accepting is paused for lack of resources
-        self._socket_file: str | None = None  # a Unix socket's file, removed on close
+        self._retry: asyncio.TimerHandle | None = None  # resumes accepting after an outage
+        # A Unix socket's file and its inode, removed on close if still ours.
+        self._socket_file: tuple[str, int] | None = None
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} sockets={self.sockets!r}>"
@@ -98,7 +102,15 @@ class Server(asyncio.AbstractServer):
         self._serving = True
         for sock in self._sockets:
             sock.listen(self._backlog)
+        self._watch()
+
+    def _watch(self) -> None:
+        for sock in self._sockets or ():
             self._loop.add_reader(sock.fileno(), self._on_acceptable, sock)
+
+    def _stop_watching(self) -> None:
+        for sock in self._sockets or ():
+            self._loop.remove_reader(sock.fileno())
 
     def _on_acceptable(self, sock: socket.socket) -> None:
         """Connections are waiting: accept them (at most a backlog's worth per iteration)."""
@@ -109,7 +121,7 @@ class Server(asyncio.AbstractServer):
                 return
             except OSError as exc:
                 if exc.errno in _RESOURCE_ERRORS:
-                    self._pause_accepting(exc)
+                    self._pause_accepting(sock, exc)
                 else:
                     self._loop.call_exception_handler(
                         {"message": "socket.accept() failed", "exception": exc, "socket": sock}
@@ -117,17 +129,17 @@ class Server(asyncio.AbstractServer):
                 return
             if self._accept_outage:
                 self._accept_outage = False
-                logger.warning("Accepting connections again on %s", _address_of(sock))
+                logger.warning("Accepting connections again on %s", sock.getsockname())
             conn.setblocking(False)
             if self._keep_alive:
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
             try:
                 protocol = self._protocol_factory()
                 self._make_transport(conn, protocol, {"peername": address}, self)
-            except (SystemExit, KeyboardInterrupt):
-                raise
             except BaseException as exc:
-                conn.close()
+                conn.close()  # nobody else will: not even after a Ctrl-C
+                if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+                    raise
                 self._loop.call_exception_handler(
                     {
                         "message": "Error setting up an accepted connection",
@@ -136,23 +148,26 @@ class Server(asyncio.AbstractServer):
                     }
                 )
 
-    def _pause_accepting(self, exc: OSError) -> None:
+    def _pause_accepting(self, sock: socket.socket, exc: OSError) -> None:
         if not self._accept_outage:
             self._accept_outage = True
             logger.warning(
                 "accept() failed on %s: %s; pausing accepting for %.1f s "
                 "(logged once until accepting works again)",
-                _address_of(self._sockets[0]) if self._sockets else "?",
+                sock.getsockname(),
                 exc,
                 ACCEPT_RETRY_DELAY,
             )
+        # All sockets pause, not only this one: they share the process's
+        # descriptor table.  Unwatching them also cancels any accept already
+        # queued for this iteration, so this runs once per retry, and one
+        # timer brings them all back (close() cancels it).
         self._stop_watching()
-        self._serving = False
-        self._loop.call_later(ACCEPT_RETRY_DELAY, self._start_serving)
+        self._retry = self._loop.call_later(ACCEPT_RETRY_DELAY, self._resume_accepting)
 
-    def _stop_watching(self) -> None:
-        for sock in self._sockets or ():
-            self._loop.remove_reader(sock.fileno())
+    def _resume_accepting(self) -> None:
+        self._retry = None
+        self._watch()
 
     # -- connection bookkeeping (called by the transports) -------------------
 
@@ -181,8 +196,11 @@ class Server(asyncio.AbstractServer):
             self._loop.remove_reader(sock.fileno())
             sock.close()
         self._serving = False
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if self._socket_file is not None:
-            _remove_stale_socket_file(self._socket_file)
+            _remove_own_socket_file(*self._socket_file)
         if self._serving_forever is not None and not self._serving_forever.done():
             self._serving_forever.cancel()
             self._serving_forever = None
@@ -227,17 +245,11 @@ class Server(asyncio.AbstractServer):
             self._serving_forever = None
 
 
-def _address_of(sock: socket.socket) -> Any:
-    try:
-        return sock.getsockname()
-    except OSError:
-        return "a closed socket"
-
-
 def _open_listeners(
     infos: Iterable[tuple[Any, ...]], reuse_address: bool | None, reuse_port: bool | None
 ) -> list[socket.socket]:
     """Create, configure and bind one socket per address; close all on failure."""
+    infos = list(infos)
     sockets: list[socket.socket] = []
     try:
         for family, type_, proto, _, address in infos:
@@ -266,10 +278,18 @@ def _open_listeners(
                 sock.bind(address)
             except OSError as exc:
                 message = exc.strerror.lower() if exc.strerror else str(exc)
+                if exc.errno == errno.EADDRNOTAVAIL:
+                    # An address this host does not have, typically "::1"
+                    # for "localhost" with IPv6 turned off: listen on the others.
+                    logger.warning("create_server() skipped %r: %s", address, message)
+                    sockets.pop().close()
+                    continue
                 raise OSError(
                     exc.errno, f"error while attempting to bind on address {address!r}: {message}"
                 ) from None
             sock.setblocking(False)
+        if not sockets:
+            raise OSError(f"could not bind on any address out of {[info[4] for info in infos]!r}")
     except BaseException:
         for sock in sockets:
             sock.close()
@@ -307,8 +327,11 @@ class ServerMethods:
         ``host`` may also be a list of hosts; one socket is bound per address
         each resolves to.
         """
-        if isinstance(ssl, bool):
-            raise TypeError("ssl argument must be an SSLContext or None")
+        # Check the TLS arguments before any socket exists, so that a wrong
+        # one cannot leave a bound socket behind.
+        make_transport = self._server_transport_factory(
+            ssl, ssl_handshake_timeout, ssl_shutdown_timeout
+        )
         if host is not None or port is not None:
             if sock is not None:
                 raise ValueError("host/port and sock can not be specified at the same time")
@@ -317,9 +340,12 @@ class ServerMethods:
             )
             infos: dict[Any, tuple[Any, ...]] = {}
             for one_host in hosts:
-                for info in await self.getaddrinfo(
+                found = await self.getaddrinfo(
                     one_host or None, port, family=family, type=socket.SOCK_STREAM, flags=flags
-                ):
+                )
+                if not found:
+                    raise OSError(f"getaddrinfo({one_host!r}) returned empty list")
+                for info in found:
                     infos.setdefault(info[4], info)  # one socket per distinct address
             sockets = _open_listeners(infos.values(), reuse_address, reuse_port)
         else:
@@ -329,16 +355,10 @@ class ServerMethods:
                 raise ValueError(f"A Stream Socket was expected, got {sock!r}")
             sock.setblocking(False)
             sockets = [sock]
-        return await self._serve(
-            sockets,
-            protocol_factory,
-            backlog,
-            ssl,
-            ssl_handshake_timeout,
-            ssl_shutdown_timeout,
-            start_serving,
-            keep_alive=bool(keep_alive),
-        )
+        server = Server(self, sockets, protocol_factory, backlog, make_transport, bool(keep_alive))
+        if start_serving:
+            await server.start_serving()
+        return server
 
     async def create_unix_server(
         self,
@@ -353,14 +373,19 @@ class ServerMethods:
         start_serving: bool = True,
         cleanup_socket: bool = True,
     ) -> Any:  # a Server, as above
-        """Listen on the Unix socket at ``path`` (a stale socket file there is replaced)."""
-        if isinstance(ssl, bool):
-            raise TypeError("ssl argument must be an SSLContext or None")
+        """Listen on the Unix socket at ``path`` (a stale socket file there is replaced).
+
+        With ``cleanup_socket`` (the default), ``close()`` removes the socket
+        file -- unless another server has replaced it since.
+        """
+        make_transport = self._server_transport_factory(
+            ssl, ssl_handshake_timeout, ssl_shutdown_timeout
+        )
         if path is not None:
             if sock is not None:
                 raise ValueError("path and sock can not be specified at the same time")
             path = os.fspath(path)
-            if path[0] not in ("\0", "\x00"):
+            if not _is_abstract(path):
                 _remove_stale_socket_file(path)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -375,43 +400,41 @@ class ServerMethods:
         elif sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
             raise ValueError(f"A UNIX Domain Stream Socket was expected, got {sock!r}")
         sock.setblocking(False)
-        server: Server = await self._serve(
-            [sock],
-            protocol_factory,
-            backlog,
-            ssl,
-            ssl_handshake_timeout,
-            ssl_shutdown_timeout,
-            start_serving,
-        )
+        server = Server(self, [sock], protocol_factory, backlog, make_transport)
         if cleanup_socket:
-            address = sock.getsockname()
-            if isinstance(address, str) and address and address[0] != "\0":
-                server._socket_file = address
+            server._socket_file = _socket_file_of(sock)
+        if start_serving:
+            await server.start_serving()
         return server
 
-    async def _serve(
-        self,
-        sockets: list[socket.socket],
-        protocol_factory: Callable[[], asyncio.BaseProtocol],
-        backlog: int,
-        ssl: Any,
-        ssl_handshake_timeout: float | None,
-        ssl_shutdown_timeout: float | None,
-        start_serving: bool,
-        keep_alive: bool = False,
-    ) -> Server:
-        make_transport = self._connection_factory(
+    def _server_transport_factory(
+        self, ssl: Any, ssl_handshake_timeout: float | None, ssl_shutdown_timeout: float | None
+    ) -> Callable[..., Any]:
+        if isinstance(ssl, bool):
+            raise TypeError("ssl argument must be an SSLContext or None")
+        return self._connection_factory(
             ssl,
             server_side=True,
             server_hostname=None,
             ssl_handshake_timeout=ssl_handshake_timeout,
             ssl_shutdown_timeout=ssl_shutdown_timeout,
         )
-        server = Server(self, sockets, protocol_factory, backlog, make_transport, keep_alive)
-        if start_serving:
-            await server.start_serving()
-        return server
+
+
+def _is_abstract(path: str | bytes) -> bool:
+    # Linux's abstract namespace: a name that starts with NUL has no file.
+    return path[:1] in ("\0", b"\0")
+
+
+def _socket_file_of(sock: socket.socket) -> tuple[str, int] | None:
+    """The file a listening Unix socket is bound to, with its inode (None: no file)."""
+    address = sock.getsockname()
+    if not isinstance(address, str) or not address or _is_abstract(address):
+        return None
+    try:
+        return address, os.stat(address).st_ino
+    except FileNotFoundError:
+        return None
 
 
 def _remove_stale_socket_file(path: str) -> None:
@@ -422,3 +445,15 @@ def _remove_stale_socket_file(path: str) -> None:
             os.remove(path)
     except FileNotFoundError:
         pass
+
+
+def _remove_own_socket_file(path: str, inode: int) -> None:
+    # Another server may have replaced the file since (a restart that bound
+    # before the old server closed): its file is not ours to remove.
+    try:
+        if os.stat(path).st_ino == inode:
+            os.remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        logger.error("Unable to clean up the Unix socket file %r: %s", path, exc)

@@ -26,11 +26,18 @@ slow reader on the other side slows the writer down instead of filling memory.
 Invariant: ``connection_lost`` is called exactly once, always through
 :meth:`SocketTransport._force_close` or ``close``, and the socket is closed
 right after it.
+
+Errors of the socket itself (``OSError``: the peer reset the connection, a
+keep-alive timed out, the route went away) are a fact of network life: they
+reach the protocol as ``connection_lost(exc)`` and are not reported to the
+loop's exception handler, as in asyncio.  Exceptions raised by the protocol's
+own callbacks are bugs, and are reported.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import warnings
@@ -50,8 +57,9 @@ DEFAULT_HIGH_WATER = 64 * 1024
 # After the connection is lost, writes are dropped; warn once this many were.
 _WRITES_AFTER_LOSS_BEFORE_WARNING = 5
 
-# Errors that mean the peer went away: expected on a network, so they are
-# passed to connection_lost but not reported to the exception handler.
+# Errors that mean the peer went away.  A socket transport keeps quiet about
+# every OSError (see the module docstring); pipes.py, whose descriptors fail
+# in fewer innocent ways, reports all but these.
 _CONNECTION_ERRORS = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
 
@@ -87,7 +95,10 @@ class SocketTransport(asyncio.Transport):
                     self._extra[key] = None
         if sock.family in (socket.AF_INET, socket.AF_INET6):
             # Small writes go out at once: an event loop batches on its own.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # (A stream socket of another protocol, such as SCTP, refuses the
+            # option; it then simply keeps its default.)
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         self._protocol: asyncio.BaseProtocol = protocol
         self._set_read_path(protocol)
@@ -98,6 +109,7 @@ class SocketTransport(asyncio.Transport):
         self._reading_paused = False  # the protocol called pause_reading()
         self._closing = False  # close() or abort() was called
         self._eof_sent = False  # write_eof() was called
+        self._at_eof = False  # the peer sent EOF: there is nothing left to read
         # How many times the connection was lost: 0 while it is alive.
         # Also counts writes dropped afterwards, to warn about them once.
         self._conn_lost = 0
@@ -140,7 +152,9 @@ class SocketTransport(asyncio.Transport):
     # -- reading ------------------------------------------------------------
 
     def _start_reading(self) -> None:
-        if not self._closing and not self._reading_paused:
+        # After EOF the socket stays readable (recv returns b"" forever):
+        # watching it again would report the same EOF a second time.
+        if not self._closing and not self._reading_paused and not self._at_eof:
             self._loop.add_reader(self._fd, self._readable)
 
     def _readable(self) -> None:
@@ -204,6 +218,7 @@ class SocketTransport(asyncio.Transport):
 
     def _eof_received(self) -> None:
         """The peer will send no more.  The protocol decides whether we may still write."""
+        self._at_eof = True
         self._loop.remove_reader(self._fd)
         try:
             keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
@@ -226,7 +241,7 @@ class SocketTransport(asyncio.Transport):
         if self._closing or not self._reading_paused:
             return
         self._reading_paused = False
-        self._loop.add_reader(self._fd, self._readable)
+        self._start_reading()
 
     def is_reading(self) -> bool:
         return not self._closing and not self._reading_paused
@@ -247,8 +262,11 @@ class SocketTransport(asyncio.Transport):
             return
         if not self._write_buffer:
             assert self._sock is not None
+            # send() counts bytes, so look at the data as bytes: a memoryview
+            # of 4-byte integers has a len() four times too small.
+            view = memoryview(data).cast("B")
             try:
-                sent = self._sock.send(data)
+                sent = self._sock.send(view)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except (SystemExit, KeyboardInterrupt):
@@ -256,9 +274,9 @@ class SocketTransport(asyncio.Transport):
             except BaseException as exc:
                 self._fatal_error(exc, "Fatal write error on socket transport")
                 return
-            if sent == len(data):
+            if sent == len(view):
                 return
-            data = memoryview(data)[sent:]
+            data = view[sent:]
             self._loop.add_writer(self._fd, self._on_writable)
         self._write_buffer += data
         self._maybe_pause_protocol()
@@ -288,7 +306,7 @@ class SocketTransport(asyncio.Transport):
         if self._closing:
             self._lose_connection(None)
         elif self._eof_sent:
-            self._sock.shutdown(socket.SHUT_WR)
+            self._shutdown_writing()
 
     def write_eof(self) -> None:
         """Close the sending side once the buffer is flushed; reading goes on."""
@@ -296,8 +314,16 @@ class SocketTransport(asyncio.Transport):
             return
         self._eof_sent = True
         if not self._write_buffer:
-            assert self._sock is not None
+            self._shutdown_writing()
+
+    def _shutdown_writing(self) -> None:
+        # shutdown() fails when the peer already reset the connection: that
+        # is the connection's end, not a bug in the caller.
+        assert self._sock is not None
+        try:
             self._sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self._fatal_error(exc, "Fatal error on socket.shutdown()")
 
     def can_write_eof(self) -> bool:
         return True
@@ -381,7 +407,9 @@ class SocketTransport(asyncio.Transport):
         self._loop.call_soon(self._call_connection_lost, exc)
 
     def _fatal_error(self, exc: BaseException, message: str) -> None:
-        if not isinstance(exc, _CONNECTION_ERRORS):
+        # An OSError is the network's doing (see the module docstring): the
+        # protocol learns of it in connection_lost, nobody else needs to.
+        if not isinstance(exc, OSError):
             self._loop.call_exception_handler(
                 {
                     "message": message,

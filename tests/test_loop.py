@@ -9,10 +9,13 @@ compaction, the select timeouts it asks for).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import gc
 import logging
+import signal
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -101,7 +104,7 @@ def test_cancelled_handle_never_runs(any_loop: Any) -> None:
 def test_a_callback_can_cancel_one_queued_behind_it(any_loop: Any) -> None:
     ran: list[str] = []
     handles: list[Any] = []
-    any_loop.call_soon(lambda: handles[0].cancel())
+    any_loop.call_soon(lambda: handles[0].cancel())  # noqa: PLW0108 - handles[0] is not made yet
     handles.append(any_loop.call_soon(ran.append, "victim"))
     run_briefly(any_loop)
     assert ran == []
@@ -163,10 +166,40 @@ def test_select_timeout_is_the_distance_to_the_nearest_timer(vloop: Any) -> None
     vloop.call_later(2.0, vloop.stop)
     vloop.run_forever()
     assert selector.timeouts == [2.0]
-    vloop.call_soon(lambda: None)
+
+
+def test_ready_callbacks_mean_polling_without_waiting(vloop: Any) -> None:
+    a, b = socket.socketpair()
+    try:
+        vloop.add_reader(a, lambda: None)
+        vloop.call_soon(vloop.stop)
+        vloop.run_forever()
+        assert vloop._selector.timeouts == [0]  # something was ready: no waiting
+    finally:
+        vloop.remove_reader(a)
+        a.close()
+        b.close()
+
+
+def test_no_poll_at_all_when_only_the_wakeup_socket_is_watched(vloop: Any) -> None:
+    ran: list[int] = []
+    for i in range(3):
+        vloop.call_soon(ran.append, i)
     vloop.call_soon(vloop.stop)
     vloop.run_forever()
-    assert selector.timeouts[-1] == 0  # something was ready: no waiting
+    assert ran == [0, 1, 2]
+    assert vloop._selector.timeouts == []  # nothing could have been missed
+
+
+def test_signal_handlers_keep_the_poll(vloop: Any) -> None:
+
+    vloop.add_signal_handler(signal.SIGUSR1, lambda: None)
+    try:
+        vloop.call_soon(vloop.stop)
+        vloop.run_forever()
+    finally:
+        vloop.remove_signal_handler(signal.SIGUSR1)
+    assert vloop._selector.timeouts == [0]  # a signal's byte must be read
 
 
 def test_select_timeout_is_capped(vloop: Any) -> None:
@@ -190,7 +223,7 @@ def test_cancelled_timers_are_skipped_and_do_not_shorten_the_wait(vloop: Any) ->
 
 def test_cancelled_timer_due_in_the_same_iteration_is_dropped(vloop: Any) -> None:
     fired: list[str] = []
-    vloop.call_later(1.0, lambda: victim.cancel())
+    vloop.call_later(1.0, lambda: victim.cancel())  # noqa: PLW0108 - victim is not made yet
     victim = vloop.call_later(1.0, fired.append, "victim")
     other = vloop.call_later(1.0, fired.append, "other")
     other.cancel()  # cancelled while in the heap, behind a live head
@@ -398,7 +431,8 @@ def test_default_handler_logs_with_details(loop: Any, caplog: pytest.LogCaptureF
     first, second = caplog.records
     assert first.getMessage().startswith("Exception in callback test_default_handler_logs")
     assert "handle: <Handle" in first.getMessage()
-    assert first.exc_info is not None and first.exc_info[0] is ValueError
+    assert first.exc_info is not None
+    assert first.exc_info[0] is ValueError
     assert second.getMessage() == "plain message\nextra: 1"
     assert not second.exc_info
 
@@ -480,7 +514,8 @@ def test_debug_mode_checks_callbacks(loop: Any) -> None:
 
     loop.call_soon(start_thread)
     run_briefly(loop)
-    assert errors and "Non-thread-safe operation" in errors[0]
+    assert len(errors) == 1
+    assert "Non-thread-safe operation" in errors[0]
 
 
 # -- file descriptors ---------------------------------------------------------------
@@ -703,7 +738,6 @@ def test_run_in_executor_and_to_thread(any_loop: Any) -> None:
 
 
 def test_set_default_executor(loop: Any) -> None:
-    import concurrent.futures
 
     with pytest.raises(TypeError):
         loop.set_default_executor(object())
@@ -797,7 +831,6 @@ def test_garbage_collected_asyncgen_is_finalized_on_the_loop(any_loop: Any) -> N
 
 
 def test_debug_mode_records_where_each_handle_was_made(any_loop: Any) -> None:
-    import sys
 
     any_loop.set_debug(True)
 
@@ -820,7 +853,6 @@ def test_debug_mode_records_where_each_handle_was_made(any_loop: Any) -> None:
 
 
 def test_debug_mode_records_where_a_loopy_future_was_made() -> None:
-    import sys
 
     loop = make_loop("loopy-own")
     try:
@@ -850,7 +882,6 @@ def test_debug_mode_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_debug_mode_tracks_coroutine_origins_while_running(loop: Any) -> None:
     # (asyncio's own loop applies a change made while running one iteration later.)
-    import sys
 
     any_loop = loop
     depths: list[int] = []

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import loopy
 from tests.helpers import make_loop
 
 
@@ -168,7 +169,6 @@ def test_signal_interrupts_a_waiting_select(any_loop: Any) -> None:
 
 def test_asyncio_runner_ctrl_c_cancels_the_main_task() -> None:
     """asyncio.Runner's own SIGINT handling works on loopy unchanged."""
-    import loopy
 
     seen: list[str] = []
 
@@ -180,7 +180,10 @@ def test_asyncio_runner_ctrl_c_cancels_the_main_task() -> None:
             seen.append("cancelled")
             raise
 
-    with pytest.raises(KeyboardInterrupt), asyncio.Runner(loop_factory=loopy.new_event_loop) as runner:
+    with (
+        pytest.raises(KeyboardInterrupt),
+        asyncio.Runner(loop_factory=loopy.new_event_loop) as runner,
+    ):
         runner.run(main())
     assert seen == ["cancelled"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

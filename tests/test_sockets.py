@@ -203,7 +203,7 @@ def test_blocking_sockets_are_refused(loop: Any) -> None:
 def test_cancelling_a_waiting_call_unregisters_its_fd(
     any_loop: Any, pair: Any, listener: socket.socket, operation: str
 ) -> None:
-    a, b = pair
+    a, _ = pair
     while True:  # fill a's send buffer so sendall has to wait
         try:
             a.send(b"x" * 65536)

@@ -494,7 +494,8 @@ class ConnectionMethods:
             raise TypeError(
                 f"sslcontext is expected to be an instance of ssl.SSLContext, got {sslcontext!r}"
             )
-        if not isinstance(transport, SocketTransport):
+        # Ours, and asyncio's TLS transport (TLS inside TLS), carry this marker.
+        if not getattr(transport, "_start_tls_compatible", False):
             raise TypeError(f"transport {transport!r} is not supported by start_tls()")
         waiter = self.create_future()
         tls = sslproto.SSLProtocol(
@@ -509,10 +510,10 @@ class ConnectionMethods:
             call_connection_made=False,
         )
         # Hold incoming bytes until the TLS layer is in place to read them.
-        transport.pause_reading()
+        transport.pause_reading()  # type: ignore[attr-defined]
         transport.set_protocol(tls)
         connection_made = self.call_soon(tls.connection_made, transport)
-        resume = self.call_soon(transport.resume_reading)
+        resume = self.call_soon(transport.resume_reading)  # type: ignore[attr-defined]
         try:
             await waiter
         except BaseException:

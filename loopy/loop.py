@@ -28,9 +28,11 @@ running loop while it runs: ``asyncio.sleep``, ``gather``, ``wait_for`` and
 lives beside it, one concept per file, and the loop inherits it as mixins:
 the socket coroutines (``sock_*``) in ``sockets.py``, client connections and
 name resolution in ``connections.py``, listening servers in ``servers.py``,
-signal handling in ``signals.py`` and the thread-related methods in
-``threads.py``.  Transports, which turn a socket into protocol callbacks, are
-in ``transports.py``.
+UDP in ``datagrams.py``, pipes in ``pipes.py``, child processes in
+``subprocesses.py``, ``sendfile`` in ``sendfile.py``, signal handling in
+``signals.py`` and the thread-related methods in ``threads.py``.
+Transports, which turn a socket into protocol callbacks, are in
+``transports.py``.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from .futures import Future as LoopyFuture
 from .handles import DEBUG_STACK_DEPTH, Handle, TimerHandle
 from .instruments import Hooks
 from .pipes import PipeMethods
+from .sendfile import SendfileMethods
 from .servers import ServerMethods
 from .signals import SignalMethods
 from .sockets import SocketMethods
@@ -119,6 +122,7 @@ class Loop(
     DatagramMethods,
     PipeMethods,
     SubprocessMethods,
+    SendfileMethods,
     asyncio.AbstractEventLoop,
 ):
     """A single-threaded event loop built on :mod:`selectors`.
@@ -163,6 +167,8 @@ class Loop(
         self.slow_callback_duration = 0.1
         self._exception_handler: Callable[[Any, dict[str, Any]], object] | None = None
         self._hooks: Hooks | None = None  # None while no instrument is attached
+        # fd -> the transport that owns it; add_reader() and friends refuse those.
+        self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
 
         self.task_mode: TaskMode = resolve_task_mode(tasks)
         self._future_class: Callable[..., Any]
@@ -501,22 +507,64 @@ class Loop(
         self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], object], *args: *_Ts
     ) -> None:
         """Call ``callback(*args)`` every iteration in which ``fd`` is readable."""
-        self._check_closed()
-        self._watch(fd, selectors.EVENT_READ, Handle(callback, args, self))
+        self._check_no_transport(fd)
+        self._add_reader(fd, callback, *args)
 
     def add_writer(
         self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], object], *args: *_Ts
     ) -> None:
         """Call ``callback(*args)`` every iteration in which ``fd`` is writable."""
-        self._check_closed()
-        self._watch(fd, selectors.EVENT_WRITE, Handle(callback, args, self))
+        self._check_no_transport(fd)
+        self._add_writer(fd, callback, *args)
 
     def remove_reader(self, fd: FileDescriptorLike) -> bool:
         """Stop watching ``fd`` for reading; True if it was watched."""
+        self._check_no_transport(fd)
         return self._unwatch(fd, selectors.EVENT_READ)
 
     def remove_writer(self, fd: FileDescriptorLike) -> bool:
         """Stop watching ``fd`` for writing; True if it was watched."""
+        self._check_no_transport(fd)
+        return self._unwatch(fd, selectors.EVENT_WRITE)
+
+    def _check_no_transport(self, fd: FileDescriptorLike) -> None:
+        """Refuse to touch a descriptor an open transport owns: it would steal its events."""
+        if not self._transports:
+            return
+        fileno = fd if isinstance(fd, int) else fd.fileno()
+        transport = self._transports.get(fileno)
+        if transport is not None and not transport.is_closing():
+            raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
+
+    def _add_reader(
+        self, fd: FileDescriptorLike, callback: Callable[..., object], *args: Any
+    ) -> Handle:
+        """``add_reader`` that returns the handle registered.
+
+        ``sock_recv`` and friends keep it, to remove only their own
+        registration later (see ``sockets.py``).  asyncio's pidfd child
+        watcher calls this very name.
+        """
+        self._check_closed()
+        handle = Handle(callback, args, self)
+        self._watch(fd, selectors.EVENT_READ, handle)
+        return handle
+
+    def _add_writer(
+        self, fd: FileDescriptorLike, callback: Callable[..., object], *args: Any
+    ) -> Handle:
+        """``add_writer`` that returns the handle registered."""
+        self._check_closed()
+        handle = Handle(callback, args, self)
+        self._watch(fd, selectors.EVENT_WRITE, handle)
+        return handle
+
+    def _remove_reader(self, fd: FileDescriptorLike) -> bool:
+        """``remove_reader`` for the descriptor's own transport."""
+        return self._unwatch(fd, selectors.EVENT_READ)
+
+    def _remove_writer(self, fd: FileDescriptorLike) -> bool:
+        """``remove_writer`` for the descriptor's own transport."""
         return self._unwatch(fd, selectors.EVENT_WRITE)
 
     def _watch(self, fd: FileDescriptorLike, event: int, handle: Handle) -> None:
@@ -787,6 +835,4 @@ def new_event_loop(*, tasks: str | None = None) -> Loop:
     Task, the default) or ``"loopy"`` (loopy's own pure-Python ones).  When it
     is not given, the ``LOOPY_TASKS`` environment variable decides.
     """
-    # mypy sees AbstractEventLoop's methods as abstract; those loopy does not
-    # provide yet (servers, pipes, subprocesses) raise NotImplementedError.
-    return Loop(tasks=tasks)  # type: ignore[abstract]
+    return Loop(tasks=tasks)

@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import stat
+import sys
 from asyncio.trsock import TransportSocket
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -371,13 +372,16 @@ class ServerMethods:
         ssl_handshake_timeout: float | None = None,
         ssl_shutdown_timeout: float | None = None,
         start_serving: bool = True,
-        cleanup_socket: bool = True,
+        cleanup_socket: bool | None = None,
     ) -> Any:  # a Server, as above
         """Listen on the Unix socket at ``path`` (a stale socket file there is replaced).
 
-        With ``cleanup_socket`` (the default), ``close()`` removes the socket
-        file -- unless another server has replaced it since.
+        With ``cleanup_socket``, ``close()`` removes the socket file -- unless
+        another server has replaced it since.  It defaults to what the running
+        Python's asyncio does: True from 3.13 (which added it), else False.
         """
+        if cleanup_socket is None:
+            cleanup_socket = sys.version_info >= (3, 13)
         make_transport = self._server_transport_factory(
             ssl, ssl_handshake_timeout, ssl_shutdown_timeout
         )

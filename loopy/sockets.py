@@ -26,11 +26,12 @@ awaiting ``sock_recv``.
 from __future__ import annotations
 
 import asyncio
-import errno
 import functools
 import socket
 from collections.abc import Callable
 from typing import Any
+
+from .handles import Handle
 
 # The errors that mean "not now, try again when the socket is ready".
 _TRY_AGAIN = (BlockingIOError, InterruptedError)
@@ -42,6 +43,14 @@ def _check_nonblocking(sock: socket.socket) -> None:
         raise ValueError("the socket must be non-blocking")
 
 
+def _is_ip_address(family: int, host: Any) -> bool:
+    try:
+        socket.inet_pton(family, host)
+    except (OSError, TypeError, ValueError):
+        return False
+    return True
+
+
 class SocketMethods:
     """The ``sock_*`` coroutines of the loop (a mixin of :class:`loopy.loop.Loop`).
 
@@ -51,10 +60,11 @@ class SocketMethods:
 
     # Provided by the loop; declared here for the type checker.
     create_future: Callable[[], asyncio.Future[Any]]
-    add_reader: Callable[..., None]
-    add_writer: Callable[..., None]
+    _add_reader: Callable[..., Handle]
+    _add_writer: Callable[..., Handle]
     remove_reader: Callable[[Any], bool]
     remove_writer: Callable[[Any], bool]
+    getaddrinfo: Callable[..., Any]
 
     def _wait_readable(
         self, sock: socket.socket, callback: Callable[..., None], *args: Any
@@ -62,8 +72,8 @@ class SocketMethods:
         """A future that ``callback(future, *args)`` resolves once ``sock`` is readable."""
         future = self.create_future()
         fd = sock.fileno()
-        self.add_reader(fd, callback, future, *args)
-        future.add_done_callback(functools.partial(self._stop_reading, fd))
+        handle = self._add_reader(fd, callback, future, *args)
+        future.add_done_callback(functools.partial(self._stop_reading, fd, handle))
         return future
 
     def _wait_writable(
@@ -72,15 +82,22 @@ class SocketMethods:
         """A future that ``callback(future, *args)`` resolves once ``sock`` is writable."""
         future = self.create_future()
         fd = sock.fileno()
-        self.add_writer(fd, callback, future, *args)
-        future.add_done_callback(functools.partial(self._stop_writing, fd))
+        handle = self._add_writer(fd, callback, future, *args)
+        future.add_done_callback(functools.partial(self._stop_writing, fd, handle))
         return future
 
-    def _stop_reading(self, fd: int, future: asyncio.Future[Any]) -> None:
-        self.remove_reader(fd)
+    # The done callbacks run one iteration after the future is done.  By then
+    # another call may have registered its own callback for the same socket
+    # (a sock_sendall right after a cancelled one): that replaced, and so
+    # cancelled, our handle, and the registration is no longer ours to remove.
 
-    def _stop_writing(self, fd: int, future: asyncio.Future[Any]) -> None:
-        self.remove_writer(fd)
+    def _stop_reading(self, fd: int, handle: Handle, future: asyncio.Future[Any]) -> None:
+        if not handle.cancelled():
+            self.remove_reader(fd)
+
+    def _stop_writing(self, fd: int, handle: Handle, future: asyncio.Future[Any]) -> None:
+        if not handle.cancelled():
+            self.remove_writer(fd)
 
     # -- receiving --------------------------------------------------------
 
@@ -162,8 +179,16 @@ class SocketMethods:
     # -- connecting and accepting ----------------------------------------
 
     async def sock_connect(self, sock: socket.socket, address: Any) -> None:
-        """Connect ``sock`` to ``address`` (already resolved: an IP address, not a host name)."""
+        """Connect ``sock`` to ``address``; a host name is resolved first, off the loop's thread."""
         _check_nonblocking(sock)
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and not _is_ip_address(
+            sock.family, address[0]
+        ):
+            # connect() would resolve a name itself, blocking the whole loop.
+            infos = await self.getaddrinfo(
+                *address[:2], family=sock.family, type=sock.type, proto=sock.proto
+            )
+            address = infos[0][4]
         try:
             sock.connect(address)
             return
@@ -181,9 +206,7 @@ class SocketMethods:
         try:
             error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if error != 0:
-                raise OSError(
-                    error, f"Connect call failed {address}: {errno.errorcode.get(error, error)}"
-                )
+                raise OSError(error, f"Connect call failed {address}")
         except _TRY_AGAIN:
             return
         except Exception as exc:

@@ -41,6 +41,7 @@ import contextlib
 import logging
 import socket
 import warnings
+from asyncio.constants import _SendfileMode
 from asyncio.trsock import TransportSocket
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -68,7 +69,71 @@ def _check_bytes_like(data: object) -> None:
         raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
 
 
-class SocketTransport(asyncio.Transport):
+class FlowControl:
+    """Write buffer water marks: ``pause_writing`` above the high mark, resume below the low one.
+
+    A mixin for every transport with a write buffer (sockets here, pipes in
+    ``pipes.py``, datagrams in ``datagrams.py``); the transport provides
+    ``get_write_buffer_size()``, ``_protocol`` and ``_loop``.  The defaults
+    are asyncio's: 64 KiB, and a quarter of that.
+    """
+
+    # Instance state, with its initial values here so no __init__ is needed.
+    _high_water = DEFAULT_HIGH_WATER
+    _low_water = DEFAULT_HIGH_WATER // 4
+    _protocol_paused = False  # we called protocol.pause_writing() (asyncio's name for it)
+
+    _protocol: Any
+    _loop: Any
+
+    def get_write_buffer_size(self) -> int:
+        raise NotImplementedError
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low_water, self._high_water)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Set the water marks (``high`` defaults to 64 KiB, ``low`` to ``high // 4``)."""
+        if high is None:
+            high = DEFAULT_HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high_water, self._low_water = high, low
+        self._maybe_pause_protocol()
+
+    def _maybe_pause_protocol(self) -> None:
+        if self._protocol_paused or self.get_write_buffer_size() <= self._high_water:
+            return
+        self._protocol_paused = True
+        self._call_protocol("pause_writing")
+
+    def _maybe_resume_protocol(self) -> None:
+        if not self._protocol_paused or self.get_write_buffer_size() > self._low_water:
+            return
+        self._protocol_paused = False
+        self._call_protocol("resume_writing")
+
+    def _call_protocol(self, method: str) -> None:
+        # A flow control callback that fails is the protocol's bug, not a
+        # reason to lose the connection: report it and carry on.
+        try:
+            getattr(self._protocol, method)()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler(
+                {
+                    "message": f"protocol.{method}() failed",
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+
+
+class SocketTransport(FlowControl, asyncio.Transport):
     """A transport over a connected stream socket (TCP or Unix)."""
 
     def __init__(
@@ -85,6 +150,7 @@ class SocketTransport(asyncio.Transport):
         self._loop = loop
         self._sock: socket.socket | None = sock
         self._fd = sock.fileno()
+        loop._transports[self._fd] = self  # add_reader() on this fd is now refused
         self._server = server
         self._extra.setdefault("socket", TransportSocket(sock))
         for key, getter in (("sockname", sock.getsockname), ("peername", sock.getpeername)):
@@ -103,12 +169,12 @@ class SocketTransport(asyncio.Transport):
         self._protocol: asyncio.BaseProtocol = protocol
         self._set_read_path(protocol)
         self._write_buffer = bytearray()
-        self._high_water = DEFAULT_HIGH_WATER
-        self._low_water = DEFAULT_HIGH_WATER // 4
-        self._writing_paused = False  # we called protocol.pause_writing()
         self._reading_paused = False  # the protocol called pause_reading()
         self._closing = False  # close() or abort() was called
         self._eof_sent = False  # write_eof() was called
+        # While a loop.sendfile() sends from the socket directly, write() is
+        # refused; the sendfile waits on this future for the buffer to empty.
+        self._sendfile_waiter: asyncio.Future[None] | None = None
         self._at_eof = False  # the peer sent EOF: there is nothing left to read
         # How many times the connection was lost: 0 while it is alive.
         # Also counts writes dropped afterwards, to warn about them once.
@@ -155,7 +221,7 @@ class SocketTransport(asyncio.Transport):
         # After EOF the socket stays readable (recv returns b"" forever):
         # watching it again would report the same EOF a second time.
         if not self._closing and not self._reading_paused and not self._at_eof:
-            self._loop.add_reader(self._fd, self._readable)
+            self._loop._add_reader(self._fd, self._readable)
 
     def _readable(self) -> None:
         # One indirection, so that set_protocol() can switch the read path
@@ -219,7 +285,7 @@ class SocketTransport(asyncio.Transport):
     def _eof_received(self) -> None:
         """The peer will send no more.  The protocol decides whether we may still write."""
         self._at_eof = True
-        self._loop.remove_reader(self._fd)
+        self._loop._remove_reader(self._fd)
         try:
             keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
         except (SystemExit, KeyboardInterrupt):
@@ -235,7 +301,7 @@ class SocketTransport(asyncio.Transport):
         if self._closing or self._reading_paused:
             return
         self._reading_paused = True
-        self._loop.remove_reader(self._fd)
+        self._loop._remove_reader(self._fd)
 
     def resume_reading(self) -> None:
         if self._closing or not self._reading_paused:
@@ -253,6 +319,8 @@ class SocketTransport(asyncio.Transport):
         _check_bytes_like(data)
         if self._eof_sent:
             raise RuntimeError("Cannot call write() after write_eof()")
+        if self._sendfile_waiter is not None:
+            raise RuntimeError("unable to write; sendfile is in progress")
         if not data:
             return
         if self._conn_lost:
@@ -277,7 +345,7 @@ class SocketTransport(asyncio.Transport):
             if sent == len(view):
                 return
             data = view[sent:]
-            self._loop.add_writer(self._fd, self._on_writable)
+            self._loop._add_writer(self._fd, self._on_writable)
         self._write_buffer += data
         self._maybe_pause_protocol()
 
@@ -294,7 +362,7 @@ class SocketTransport(asyncio.Transport):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._loop.remove_writer(self._fd)
+            self._loop._remove_writer(self._fd)
             self._write_buffer.clear()
             self._fatal_error(exc, "Fatal write error on socket transport")
             return
@@ -302,7 +370,9 @@ class SocketTransport(asyncio.Transport):
         self._maybe_resume_protocol()
         if self._write_buffer:
             return
-        self._loop.remove_writer(self._fd)
+        self._loop._remove_writer(self._fd)
+        if self._sendfile_waiter is not None and not self._sendfile_waiter.done():
+            self._sendfile_waiter.set_result(None)
         if self._closing:
             self._lose_connection(None)
         elif self._eof_sent:
@@ -331,47 +401,6 @@ class SocketTransport(asyncio.Transport):
     def get_write_buffer_size(self) -> int:
         return len(self._write_buffer)
 
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return (self._low_water, self._high_water)
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        """Set the water marks (``high`` defaults to 64 KiB, ``low`` to ``high // 4``)."""
-        if high is None:
-            high = DEFAULT_HIGH_WATER if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high_water, self._low_water = high, low
-        self._maybe_pause_protocol()
-
-    def _maybe_pause_protocol(self) -> None:
-        if self._writing_paused or len(self._write_buffer) <= self._high_water:
-            return
-        self._writing_paused = True
-        self._call_protocol("pause_writing")
-
-    def _maybe_resume_protocol(self) -> None:
-        if not self._writing_paused or len(self._write_buffer) > self._low_water:
-            return
-        self._writing_paused = False
-        self._call_protocol("resume_writing")
-
-    def _call_protocol(self, method: str) -> None:
-        try:
-            getattr(self._protocol, method)()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler(
-                {
-                    "message": f"protocol.{method}() failed",
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
-
     # -- closing ----------------------------------------------------------------
 
     def is_closing(self) -> bool:
@@ -382,7 +411,7 @@ class SocketTransport(asyncio.Transport):
         if self._closing:
             return
         self._closing = True
-        self._loop.remove_reader(self._fd)
+        self._loop._remove_reader(self._fd)
         if not self._write_buffer:
             self._lose_connection(None)
 
@@ -396,10 +425,10 @@ class SocketTransport(asyncio.Transport):
             return
         if self._write_buffer:
             self._write_buffer.clear()
-            self._loop.remove_writer(self._fd)
+            self._loop._remove_writer(self._fd)
         if not self._closing:
             self._closing = True
-            self._loop.remove_reader(self._fd)
+            self._loop._remove_reader(self._fd)
         self._lose_connection(exc)
 
     def _lose_connection(self, exc: BaseException | None) -> None:
@@ -420,7 +449,29 @@ class SocketTransport(asyncio.Transport):
             )
         self._force_close(exc)
 
+    # -- sendfile (see sendfile.py) ------------------------------------------------
+
+    # asyncio's marker, read by its loops and ours: sendfile() may bypass this
+    # transport and call os.sendfile() on its socket.
+    _sendfile_compatible = _SendfileMode.TRY_NATIVE
+    # asyncio's marker for start_tls(): this transport can carry a TLS layer.
+    _start_tls_compatible = True
+
+    def _start_sendfile(self) -> asyncio.Future[None]:
+        """Refuse write() from now on; the future is done once the buffer is flushed."""
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._sendfile_waiter = waiter
+        if not self._write_buffer:
+            waiter.set_result(None)
+        return waiter
+
+    def _end_sendfile(self) -> None:
+        self._sendfile_waiter = None
+
     def _call_connection_lost(self, exc: BaseException | None) -> None:
+        waiter = self._sendfile_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionError("Connection is closed by peer"))
         try:
             # typeshed says Exception; asyncio passes any BaseException here.
             self._protocol.connection_lost(exc)  # type: ignore[arg-type]
@@ -431,6 +482,13 @@ class SocketTransport(asyncio.Transport):
             server, self._server = self._server, None
             if server is not None:
                 server._detach(self)
+            # Let go of the protocol (and, through TLS, its SSL context):
+            # a closed transport may live on in user code.
+            self._protocol = _LOST
+
+
+#: What a transport's protocol becomes once the connection is lost.
+_LOST = asyncio.Protocol()
 
 
 def _resolve_waiter(waiter: asyncio.Future[None]) -> None:

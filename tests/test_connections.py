@@ -733,21 +733,42 @@ def test_start_tls_argument_errors(
     run(any_loop, main())
 
 
-def test_no_tls_over_tls(
-    loop: Any, server_context: ssl.SSLContext, client_context: ssl.SSLContext
+def test_tls_inside_tls(
+    any_loop: Any, server_context: ssl.SSLContext, client_context: ssl.SSLContext
 ) -> None:
-    # asyncio 3.11 tries TLS inside TLS (and its failure path then breaks
-    # inside sslproto); loopy upgrades only its own socket transports.
-    async def main() -> None:
-        server = await asyncio.start_server(_echo_lines, "127.0.0.1", 0, ssl=server_context)
+    """start_tls() on a TLS connection wraps it once more (asyncio's TLS transport allows it)."""
+
+    async def upgrade_then_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await writer.start_tls(server_context)
+        await _echo_lines(reader, writer)
+
+    async def main() -> bytes:
+        server = await asyncio.start_server(upgrade_then_echo, "127.0.0.1", 0, ssl=server_context)
         port = server.sockets[0].getsockname()[1]
-        transport, protocol = await loop.create_connection(
-            Client, "127.0.0.1", port, ssl=client_context, server_hostname="localhost"
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=client_context, server_hostname="localhost"
         )
-        with pytest.raises(TypeError, match="is not supported by start_tls"):
-            await loop.start_tls(transport, protocol, client_context)
-        await close_transport(transport, protocol)
+        await writer.start_tls(client_context, server_hostname="localhost")
+        assert isinstance(writer.get_extra_info("ssl_object"), ssl.SSLObject)
+        writer.write(b"twice wrapped\n")
+        line = await reader.readline()
+        writer.close()
+        await writer.wait_closed()
         await close_server(server)
+        return line
+
+    assert run(any_loop, main()) == b"twice wrapped\n"
+
+
+def test_start_tls_refuses_transports_that_cannot_carry_it(
+    loop: Any, client_context: ssl.SSLContext
+) -> None:
+    class Plain(asyncio.Transport):
+        pass
+
+    async def main() -> None:
+        with pytest.raises(TypeError, match="is not supported by start_tls"):
+            await loop.start_tls(Plain(), asyncio.Protocol(), client_context)
 
     run(loop, main())
 

@@ -893,7 +893,7 @@ def test_unix_socket_file_is_removed_on_close(loop: Any, tmp_path: Path) -> None
     path = tmp_path / "cleanup.sock"
 
     async def main() -> None:
-        server = await loop.create_unix_server(Factory(), path)
+        server = await loop.create_unix_server(Factory(), path, cleanup_socket=True)
         assert path.exists()
         server.close()
         assert not path.exists()
@@ -907,10 +907,16 @@ def test_unix_socket_file_is_removed_on_close(loop: Any, tmp_path: Path) -> None
         path.unlink()
         sock = socket.socket(socket.AF_UNIX)
         sock.bind(str(path))
-        given = await loop.create_unix_server(Factory(), sock=sock)
+        given = await loop.create_unix_server(Factory(), sock=sock, cleanup_socket=True)
         given.close()
         assert not path.exists()
         await given.wait_closed()
+
+        # By default, what the running Python's asyncio does (3.13 added the cleanup).
+        default = await loop.create_unix_server(Factory(), path)
+        default.close()
+        await default.wait_closed()
+        assert path.exists() is (sys.version_info < (3, 13))
 
     run(loop, main())
 
@@ -921,8 +927,8 @@ def test_socket_file_of_a_newer_server_is_left_alone(loop: Any, tmp_path: Path) 
     path = tmp_path / "restart.sock"
 
     async def main() -> None:
-        old = await loop.create_unix_server(Factory(), path)
-        new = await loop.create_unix_server(Factory(), path)
+        old = await loop.create_unix_server(Factory(), path, cleanup_socket=True)
+        new = await loop.create_unix_server(Factory(), path, cleanup_socket=True)
         old.close()
         await old.wait_closed()
         assert path.exists()
@@ -938,7 +944,7 @@ def test_socket_file_removed_by_someone_else(loop: Any, tmp_path: Path) -> None:
     path = tmp_path / "gone.sock"
 
     async def main() -> None:
-        server = await loop.create_unix_server(Factory(), path)
+        server = await loop.create_unix_server(Factory(), path, cleanup_socket=True)
         path.unlink()
         server.close()  # nothing to remove, and no error
         await server.wait_closed()
@@ -955,7 +961,7 @@ def test_socket_file_that_cannot_be_removed(
         raise PermissionError(errno.EACCES, "Permission denied")
 
     async def main() -> None:
-        server = await loop.create_unix_server(Factory(), path)
+        server = await loop.create_unix_server(Factory(), path, cleanup_socket=True)
         monkeypatch.setattr(loopy.servers.os, "remove", refuse)
         server.close()
         await server.wait_closed()
@@ -969,7 +975,7 @@ def test_unbound_unix_socket_has_no_file(loop: Any) -> None:
     sock.bind("")  # Linux: an autobound abstract name
 
     async def main() -> None:
-        server = await loop.create_unix_server(Factory(), sock=sock)
+        server = await loop.create_unix_server(Factory(), sock=sock, cleanup_socket=True)
         assert server._socket_file is None
         server.close()
         await server.wait_closed()
@@ -984,7 +990,7 @@ def test_unix_socket_file_deleted_before_serving(loop: Any, tmp_path: Path) -> N
     path.unlink()
 
     async def main() -> None:
-        server = await loop.create_unix_server(Factory(), sock=sock)
+        server = await loop.create_unix_server(Factory(), sock=sock, cleanup_socket=True)
         assert server._socket_file is None
         server.close()
         await server.wait_closed()

@@ -275,3 +275,14 @@ def test_readiness_callbacks_report_errors(loop: Any) -> None:
         future = loop.create_future()
         callback(future, *args)
         assert isinstance(future.exception(), OSError)
+
+
+def test_connect_resolves_host_names(any_loop: Any, listener: socket.socket) -> None:
+    port = listener.getsockname()[1]
+    client = socket.socket()
+    client.setblocking(False)
+    try:
+        any_loop.run_until_complete(any_loop.sock_connect(client, ("localhost", port)))
+        assert client.getpeername() == ("127.0.0.1", port)
+    finally:
+        client.close()

@@ -1123,3 +1123,23 @@ def test_transport_of_a_unix_socket(loop: Any) -> None:
         assert run(loop, recv_exactly(loop, b, 4)) == b"unix"
         transport.close()
         run(loop, protocol.lost)
+
+
+def test_a_transports_descriptor_is_off_limits_to_add_reader(any_loop: Any) -> None:
+    a, b = socket.socketpair()
+    b.close()
+
+    async def main() -> None:
+        transport, _ = await any_loop.connect_accepted_socket(asyncio.Protocol, a)
+        for call in (
+            lambda: any_loop.add_reader(a.fileno(), print),
+            lambda: any_loop.add_writer(a, print),
+            lambda: any_loop.remove_reader(a),
+            lambda: any_loop.remove_writer(a.fileno()),
+        ):
+            with pytest.raises(RuntimeError, match="is used by transport"):
+                call()
+        transport.close()
+        assert any_loop.remove_reader(a.fileno()) is False  # a closing transport lets go
+
+    any_loop.run_until_complete(main())

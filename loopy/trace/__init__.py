@@ -1,0 +1,56 @@
+"""See the loop work: record what it does, and look at it.
+
+The pieces, in the order you meet them:
+
+* ``recorder.py``  :class:`TraceRecorder`, an instrument that records every
+  iteration, wait and callback into a bounded ring buffer
+* ``export.py``    :func:`to_chrome_trace`/:func:`write_trace`: the recording
+  as Chrome Trace Event JSON, for Perfetto or ``chrome://tracing``;
+  :func:`load_trace` reads it back; :func:`tracing` records a ``with`` block
+* ``summary.py``   :func:`summarize`/:func:`format_summary`: the figures of a
+  saved trace (utilisation, slowest callbacks, timer lateness...)
+* ``viewer.py``    :func:`write_viewer`: a self-contained HTML timeline of a trace
+* ``stalls.py``    :class:`StallDetector` (which callback blocked the loop)
+  and :class:`LoadMonitor` (how busy the loop is, right now)
+* ``describe.py``  :func:`describe`: the loop's to-do list, as text
+
+Typical use::
+
+    with loopy.trace.tracing("trace.json"):   # inside a coroutine on a loopy loop
+        await work()
+    loopy.trace.write_viewer("trace.json")     # writes trace.html
+
+Everything here is built on the instrument hooks of ``instruments.py`` and
+costs nothing until attached.
+"""
+
+from .describe import LoopSnapshot, describe, snapshot
+from .export import load_trace, to_chrome_trace, tracing, write_trace
+from .recorder import DEFAULT_MAX_EVENTS, TraceEvent, TraceRecorder
+from .stalls import Load, LoadMonitor, Stall, StallDetector
+from .summary import Percentiles, SlowStep, Summary, format_summary, summarize
+from .viewer import render_viewer, write_viewer
+
+__all__ = [
+    "DEFAULT_MAX_EVENTS",
+    "Load",
+    "LoadMonitor",
+    "LoopSnapshot",
+    "Percentiles",
+    "SlowStep",
+    "Stall",
+    "StallDetector",
+    "Summary",
+    "TraceEvent",
+    "TraceRecorder",
+    "describe",
+    "format_summary",
+    "load_trace",
+    "render_viewer",
+    "snapshot",
+    "summarize",
+    "to_chrome_trace",
+    "tracing",
+    "write_trace",
+    "write_viewer",
+]

@@ -1,0 +1,360 @@
+"""The trace recorder: an instrument that writes down everything the loop does.
+
+Attach a :class:`TraceRecorder` to a loop and it turns the loop's hooks (see
+``instruments.py``) into a list of :class:`TraceEvent` records: every
+iteration, every wait in ``select()``, every callback with how long it held
+the loop, timers scheduled and fired, tasks created and finished, signals
+and errors.  ``export.py`` turns that list into a Chrome trace that Perfetto
+and ``loopy trace view`` can show; ``summary.py`` boils it down to figures.
+
+Time: every timestamp is ``loop.time()`` minus its value when the recorder
+was attached, in seconds.  The loop's own clock, not ``time.perf_counter``:
+on a virtual clock the trace is exact, and in a real run it is the clock
+timers are scheduled on.  The wall-clock time of the attach
+(``start_wall_time``) goes with it, so a trace lines up with log lines.
+
+Memory: events go into a ring buffer (``collections.deque(maxlen=...)``).
+When it is full the oldest event falls out and ``dropped`` counts it; a
+long run keeps its most recent ``max_events`` events, never more.  An event
+costs about 200 bytes, so the default of 200,000 stays around 40 MB; pass
+a smaller ``max_events`` to keep less.
+
+Spans (iterations, waits, callbacks) are recorded when they *end*, with
+their start and duration, so they sit in the buffer in order of their end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import os
+import selectors
+import signal
+import time
+import weakref
+from typing import Any, NamedTuple
+
+from ..handles import callback_name
+from ..instruments import Instrument
+from .describe import callback_task, handle_label, is_task, task_label
+
+__all__ = ["DEFAULT_MAX_EVENTS", "STEP_KINDS", "TraceEvent", "TraceRecorder"]
+
+#: How many events a recorder keeps by default (the most recent ones).
+DEFAULT_MAX_EVENTS = 200_000
+
+#: The kinds of callback, i.e. the ``type`` of a callback's event:
+#: ``timer`` (a TimerHandle from call_later/call_at), ``io`` (the reader or
+#: writer callback of a descriptor that select() reported ready),
+#: ``task-step`` (a task's step or wake-up) and ``callback`` (anything else
+#: from call_soon, including futures' done callbacks).
+STEP_KINDS = ("callback", "task-step", "io", "timer")
+
+
+class TraceEvent(NamedTuple):
+    """One thing the loop did.
+
+    ``type`` is one of:
+
+    ===================  ============================================  ==========================
+    type                 what                                          ``args``
+    ===================  ============================================  ==========================
+    ``iteration``        one pass of ``_run_once`` (a span)            ``n``, ``wait``,
+                                                                       ``callbacks``
+    ``wait``             ``select(timeout)`` (a span)                  ``timeout``, ``ready``:
+                                                                       ``((fd, "read"), ...)``
+    one of STEP_KINDS    a callback run (a span)                       ``task`` (task number) or
+                                                                       ``fd``, or nothing
+    ``counters``         queue sizes as an iteration starts            ``ready``, ``fds``
+    ``timer-fired``      a due timer moved to the ready queue          ``lateness`` (s)
+    ``timer-scheduled``  ``call_later``/``call_at``                    ``delay`` (s)
+    ``task-created``     ``create_task``                               ``task``, ``parent``
+    ``task-finished``    a task is done                                ``task``, ``outcome``,
+                                                                       ``exception``
+    ``signal``           a handled signal arrived                      ``signum``
+    ``exception``        the loop reported an error                    ``exception``
+    ===================  ============================================  ==========================
+
+    ``duration`` is None for instants.  A span still open when the recorder
+    is detached is closed then, with ``partial: True`` in its args.
+    """
+
+    type: str
+    start: float
+    duration: float | None
+    name: str
+    args: dict[str, Any]
+
+
+def _mask_name(mask: int) -> str:
+    read, write = mask & selectors.EVENT_READ, mask & selectors.EVENT_WRITE
+    return "read+write" if read and write else "read" if read else "write"
+
+
+def outcome(task: Any) -> tuple[str, str | None]:
+    """``("result" | "exception" | "cancelled", repr of the exception or None)``.
+
+    Reads ``_exception`` rather than calling ``task.exception()``: that call
+    marks the exception as retrieved, and a recorder must not silence the
+    "exception was never retrieved" report of the program it watches.
+    """
+    if task.cancelled():
+        return "cancelled", None
+    error = getattr(task, "_exception", None)
+    if error is not None:
+        return "exception", repr(error)
+    return "result", None
+
+
+class TraceRecorder(Instrument):
+    """Records the loop's work into a bounded ring buffer of :class:`TraceEvent`.
+
+    ``recorder.attach(loop)`` starts recording, ``recorder.detach()`` stops.
+    ``events`` holds the most recent ``max_events`` events; ``dropped``
+    counts the older ones that fell out.
+    """
+
+    def __init__(self, max_events: int = DEFAULT_MAX_EVENTS) -> None:
+        if max_events < 1:
+            raise ValueError("max_events must be at least 1")
+        self.max_events = max_events
+        # Each event is stored flat, as (type, start, duration, name, key1,
+        # value1, key2, value2, ...), and turned into a TraceEvent only when
+        # read.  Why: the garbage collector stops tracking a plain tuple of
+        # numbers and strings at its first look, but never a tuple subclass
+        # nor a dict, and a buffer of 200,000 tracked objects made every full
+        # collection pause the loop for tens of milliseconds: the recorder
+        # would have caused the very stalls it is there to show.
+        self._buffer: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=max_events)
+        self.dropped = 0
+        self.loop: Any = None
+        self.start_time = 0.0  # loop.time() at attach
+        self.start_wall_time = 0.0  # time.time() at attach
+        # Seconds since the start when recording stopped; None while attached.
+        self.end_time: float | None = 0.0
+        self.pid = os.getpid()
+        self.task_mode: str | None = None
+        # Tasks get small numbers in order of first sight; weak keys, so a
+        # finished task is not kept alive by the trace.
+        self._task_numbers: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._next_task_number = 1
+        # Tasks whose finish a step already recorded (see task_finished).
+        self._finished: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._iterations = 0
+        self._reset_open_spans()
+
+    def _reset_open_spans(self) -> None:
+        # What is in progress: at most one iteration, one wait, one callback.
+        self._iteration_start: float | None = None
+        self._iteration_wait = 0.0
+        self._iteration_callbacks = 0
+        self._wait_start: float | None = None
+        self._wait_timeout: float | None = None
+        # (handle, start, kind, name, args, task or None) of the running callback.
+        self._step: tuple[Any, float, str, str, dict[str, Any], Any] | None = None
+        # id(handle) -> fd, for the reader/writer handles select() just queued.
+        self._io_handles: dict[int, int] = {}
+
+    # ------------------------------------------------------------------
+    # Attaching
+    # ------------------------------------------------------------------
+
+    def attach(self, loop: Any) -> None:
+        """Start recording ``loop``; times count from now."""
+        if self.loop is not None:
+            raise RuntimeError("this recorder is already attached to a loop")
+        self.loop = loop
+        self._clock = loop.time
+        self.start_time = loop.time()
+        self.start_wall_time = time.time()
+        self.end_time = None
+        self.task_mode = getattr(loop, "task_mode", None)
+        self._reset_open_spans()
+        loop.add_instrument(self)
+
+    def detach(self) -> None:
+        """Stop recording; spans still open are closed now and marked partial."""
+        loop = self.loop
+        if loop is None:
+            return
+        self._close_open_spans()
+        if self in loop.instruments:  # a raising hook may have detached us already
+            loop.remove_instrument(self)
+        self.end_time = self.now()
+        self.loop = None
+
+    def now(self) -> float:
+        """Seconds since the recorder was attached, on the loop's clock."""
+        return float(self._clock() - self.start_time)
+
+    @property
+    def attached(self) -> bool:
+        return self.loop is not None
+
+    @property
+    def events(self) -> list[TraceEvent]:
+        """The events recorded, oldest first (a new list at each access)."""
+        return [
+            TraceEvent(e[0], e[1], e[2], e[3], dict(zip(e[4::2], e[5::2], strict=True)))
+            for e in self._buffer
+        ]
+
+    def _add(
+        self, kind: str, start: float, duration: float | None, name: str, args: dict[str, Any]
+    ) -> None:
+        """Record an event (the fields of :class:`TraceEvent`)."""
+        if len(self._buffer) == self.max_events:
+            self.dropped += 1  # the deque is about to push out its oldest event
+        self._buffer.append((kind, start, duration, name, *itertools.chain(*args.items())))
+
+    def _close_open_spans(self) -> None:
+        now = self.now()
+        if self._step is not None:
+            _, start, kind, name, args, _ = self._step
+            self._add(kind, start, now - start, name, {**args, "partial": True})
+        if self._iteration_start is not None:
+            self._finish_iteration(now, partial=True)
+        self._reset_open_spans()
+
+    def task_number(self, task: Any) -> int:
+        """The small number this trace gives ``task`` (assigned on first sight)."""
+        number = self._task_numbers.get(task)
+        if number is None:
+            number = self._task_numbers[task] = self._next_task_number
+            self._next_task_number += 1
+        return number
+
+    # ------------------------------------------------------------------
+    # The iteration: its span, its wait, its callbacks
+    # ------------------------------------------------------------------
+
+    def iteration_started(self, loop: Any) -> None:
+        now = self.now()
+        self._iteration_start = now
+        self._iteration_wait = 0.0
+        self._iteration_callbacks = 0
+        self._io_handles.clear()
+        sizes = {"ready": len(loop._ready), "fds": len(loop._selector.get_map())}
+        self._add("counters", now, None, "counters", sizes)
+
+    def wait_started(self, loop: Any, timeout: float | None) -> None:
+        self._wait_start = self.now()
+        self._wait_timeout = timeout
+
+    def wait_finished(self, loop: Any, events: list[tuple[int, int]]) -> None:
+        start = self._wait_start
+        if start is None:  # attached between the two hooks
+            return
+        self._wait_start = None
+        now = self.now()
+        self._iteration_wait += now - start
+        ready = tuple((fd, _mask_name(mask)) for fd, mask in events)
+        args = {"timeout": self._wait_timeout, "ready": ready}
+        self._add("wait", start, now - start, "wait", args)
+        if events:
+            self._remember_io_handles(loop, events)
+
+    def _remember_io_handles(self, loop: Any, events: list[tuple[int, int]]) -> None:
+        """Note which handles select() queued, so their callbacks count as ``io``."""
+        for fd, mask in events:
+            # The selector returned this fd a moment ago: it is registered.
+            reader, writer = loop._selector.get_key(fd).data
+            if mask & selectors.EVENT_READ and reader is not None:
+                self._io_handles[id(reader)] = fd
+            if mask & selectors.EVENT_WRITE and writer is not None:
+                self._io_handles[id(writer)] = fd
+
+    def timer_fired(self, loop: Any, handle: Any, lateness: float) -> None:
+        self._add("timer-fired", self.now(), None, handle_label(handle), {"lateness": lateness})
+
+    def callback_started(self, loop: Any, handle: Any) -> None:
+        # Named now: a callback may cancel its own handle (remove_reader in a
+        # reader callback), which drops the handle's reference to it.
+        callback = handle._callback
+        task = callback_task(callback)
+        kind, args = self._classify(handle, task)
+        name = task_label(task) if task is not None else callback_name(callback)
+        self._step = (handle, self.now(), kind, name, args, task)
+
+    def _classify(self, handle: Any, task: Any) -> tuple[str, dict[str, Any]]:
+        """The kind of callback (see STEP_KINDS) and what it is about."""
+        if isinstance(handle, asyncio.TimerHandle):
+            return "timer", {}
+        fd = self._io_handles.get(id(handle))
+        if fd is not None:
+            return "io", {"fd": fd}
+        if task is not None:
+            return "task-step", {"task": self.task_number(task)}
+        return "callback", {}
+
+    def callback_finished(self, loop: Any, handle: Any) -> None:
+        step = self._step
+        if step is None or step[0] is not handle:  # attached while it ran
+            return
+        self._step = None
+        _, start, kind, name, args, task = step
+        self._add(kind, start, self.now() - start, name, args)
+        self._iteration_callbacks += 1
+        if kind == "task-step" and task.done():
+            self._record_finish(task)  # now, rather than an iteration later
+
+    def iteration_finished(self, loop: Any) -> None:
+        if self._iteration_start is not None:
+            self._finish_iteration(self.now(), partial=False)
+
+    def _finish_iteration(self, now: float, *, partial: bool) -> None:
+        start = self._iteration_start
+        assert start is not None
+        self._iteration_start = None
+        self._iterations += 1
+        args: dict[str, Any] = {
+            "n": self._iterations,
+            "wait": self._iteration_wait,
+            "callbacks": self._iteration_callbacks,
+        }
+        if partial:
+            args["partial"] = True
+        self._add("iteration", start, now - start, f"iteration {self._iterations}", args)
+
+    # ------------------------------------------------------------------
+    # Everything else: instants
+    # ------------------------------------------------------------------
+
+    def timer_scheduled(self, loop: Any, handle: Any) -> None:
+        delay = handle.when() - loop.time()
+        self._add("timer-scheduled", self.now(), None, handle_label(handle), {"delay": delay})
+
+    def task_created(self, loop: Any, task: Any, parent: Any) -> None:
+        args = {
+            "task": self.task_number(task),
+            "parent": self.task_number(parent) if is_task(parent) else None,
+        }
+        self._add("task-created", self.now(), None, task_label(task), args)
+
+    def task_finished(self, loop: Any, task: Any) -> None:
+        # The loop reports this from a done callback, an iteration after the
+        # step that finished the task; that step usually recorded it already.
+        if task in self._finished:
+            self._finished.discard(task)
+            return
+        self._record_finish(task)
+
+    def _record_finish(self, task: Any) -> None:
+        self._finished.add(task)
+        result, error = outcome(task)
+        args = {"task": self.task_number(task), "outcome": result, "exception": error}
+        self._add("task-finished", self.now(), None, task_label(task), args)
+
+    def signal_received(self, loop: Any, signum: int) -> None:
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        self._add("signal", self.now(), None, name, {"signum": signum})
+
+    def exception_reported(self, loop: Any, context: dict[str, Any]) -> None:
+        message = str(context.get("message") or "Unhandled exception in event loop")
+        error = context.get("exception")
+        args = {"exception": repr(error) if error is not None else None}
+        self._add("exception", self.now(), None, message, args)

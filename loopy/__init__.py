@@ -18,6 +18,8 @@ Start reading at ``loop.py``.  The package's files are its architecture:
 * ``signals.py``  ``add_signal_handler``
 * ``demo.py``     the program: a ticking counter and a TCP logger on one thread
 * ``runners.py``  ``loopy.run``, ``loopy.install`` and the event loop policy
+* ``instruments.py`` hooks that watch the loop work, free when unused
+* ``trace/``      record, view and summarize what the loop did
 * ``cli.py``      the ``loopy`` command
 """
 
@@ -26,6 +28,7 @@ from .loop import TASK_MODES, Loop, new_event_loop
 from .runners import EventLoopPolicy, install, run
 from .servers import Server
 from .tasks import Task
+from .trace import describe, tracing
 
 __all__ = [
     "TASK_MODES",
@@ -34,8 +37,10 @@ __all__ = [
     "Loop",
     "Server",
     "Task",
+    "describe",
     "install",
     "new_event_loop",
     "run",
+    "tracing",
 ]
 __version__ = "0.1.0"

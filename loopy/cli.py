@@ -1,14 +1,16 @@
-"""The ``loopy`` command: parse the arguments, set up logging, run the program on a loopy loop.
+"""The ``loopy`` command: parse the arguments, set up logging, run the program or a trace tool.
 
 Grammar: ``loopy [COMMAND] [OPTIONS]``.  When the first argument is not a
 known command, the command is ``run``, so ``loopy --port 0`` is
-``loopy run --port 0``.  A command is a name in :data:`COMMANDS` with a
-function that adds its options to a parser and a function that runs it and
-returns the exit code; adding ``loopy trace ...`` later means adding one entry.
+``loopy run --port 0``.  ``loopy run --trace FILE`` records a trace, and
+``loopy trace view FILE`` / ``loopy trace summary FILE`` look at it.
+
+A command is a name in :data:`COMMANDS` with a function that adds its
+options to a parser and a function that runs it and returns the exit code.
 
 Exit codes: 0 after a clean shutdown (Ctrl-C or SIGTERM included), 1 when
-the program cannot listen (one line on stderr says why), 2 for a bad command
-line (argparse's usage and error lines).
+the program cannot listen or a trace cannot be read (one line on stderr says
+why), 2 for a bad command line (argparse's usage and error lines).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import NamedTuple
 
 from . import demo
 from .loop import TASK_MODE_ENV, TASK_MODES, new_event_loop, resolve_task_mode
+from .trace import format_summary, load_trace, summarize, trace_to_file, write_viewer
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(module)s %(threadName)s %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -99,6 +102,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"the loop's Future and Task classes (${TASK_MODE_ENV}, else asyncio)",
     )
+    parser.add_argument(
+        "--trace",
+        metavar="FILE",
+        default=None,
+        help="record what the loop does into FILE (Chrome trace JSON), written at exit",
+    )
 
 
 def _run(options: argparse.Namespace) -> int:
@@ -115,6 +124,9 @@ def _run(options: argparse.Namespace) -> int:
         return 1
     program = demo.Program(listener, interval=options.interval, max_log_bytes=options.max_log_bytes)
     loop = new_event_loop(tasks=tasks)
+    if options.trace:
+        # Written when the loop closes (below): on Ctrl-C, SIGTERM and errors too.
+        trace_to_file(loop, options.trace)
     try:
         with _logging_to_stderr(options.log_level):
             loop.run_until_complete(program.run())
@@ -169,10 +181,45 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+# ----------------------------------------------------------------------
+# loopy trace view|summary FILE
+# ----------------------------------------------------------------------
+
+
+def _add_trace_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "action",
+        choices=("view", "summary"),
+        help="view: write an HTML timeline next to FILE and print its path; "
+        "summary: print the trace's figures as a table",
+    )
+    parser.add_argument("file", metavar="FILE", help="a trace written by `loopy run --trace`")
+    parser.add_argument(
+        "-o", "--output", metavar="HTML", default=None, help="where `view` writes the page"
+    )
+
+
+def _trace(options: argparse.Namespace) -> int:
+    try:
+        if options.action == "view":
+            print(write_viewer(options.file, options.output))
+        else:
+            sys.stdout.write(format_summary(summarize(load_trace(options.file))))
+    except (OSError, ValueError) as exc:  # a missing file, or not a trace (bad JSON included)
+        print(f"loopy: cannot read trace {options.file}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "run": Command(
         "tick every interval and log what TCP clients send, on one thread",
         _add_run_arguments,
         _run,
+    ),
+    "trace": Command(
+        "look at a trace: `loopy trace view FILE` or `loopy trace summary FILE`",
+        _add_trace_arguments,
+        _trace,
     ),
 }

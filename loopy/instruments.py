@@ -24,6 +24,7 @@ parent)``                         that was running, or None
 ``signal_received(loop, signum)`` when a signal with a handler arrives
 ``exception_reported(loop,        from ``call_exception_handler``
 context)``
+``loop_closed(loop)``             from ``close()``, before anything is released
 ================================  ===============================================
 
 Cost: the loop keeps ``None`` instead of a hook table while no instrument is
@@ -55,6 +56,7 @@ HOOK_NAMES = (
     "task_finished",
     "signal_received",
     "exception_reported",
+    "loop_closed",
 )
 
 
@@ -88,6 +90,8 @@ class Instrument:
 
     def exception_reported(self, loop: Any, context: dict[str, Any]) -> None: ...
 
+    def loop_closed(self, loop: Any) -> None: ...
+
 
 def _defines(instrument: object, name: str) -> bool:
     """Whether ``instrument`` has hook ``name`` of its own (not Instrument's no-op)."""
@@ -98,15 +102,29 @@ def _defines(instrument: object, name: str) -> bool:
 class Hooks:
     """The instruments attached to one loop, filed by the hooks each defines.
 
-    Each attribute named after a hook is a list of bound methods, so the loop
-    calls ``for hook in hooks.wait_started: hook(loop, timeout)`` and an
-    instrument without that method costs nothing there.
+    Each attribute named after a hook is a tuple of bound methods, so a hook
+    no instrument defines costs one empty-tuple check.  Tuples, not lists:
+    an instrument removed while a hook runs must not disturb that loop.
     """
+
+    iteration_started: tuple[Callable[..., None], ...]
+    wait_started: tuple[Callable[..., None], ...]
+    wait_finished: tuple[Callable[..., None], ...]
+    timer_fired: tuple[Callable[..., None], ...]
+    callback_started: tuple[Callable[..., None], ...]
+    callback_finished: tuple[Callable[..., None], ...]
+    iteration_finished: tuple[Callable[..., None], ...]
+    timer_scheduled: tuple[Callable[..., None], ...]
+    task_created: tuple[Callable[..., None], ...]
+    task_finished: tuple[Callable[..., None], ...]
+    signal_received: tuple[Callable[..., None], ...]
+    exception_reported: tuple[Callable[..., None], ...]
+    loop_closed: tuple[Callable[..., None], ...]
 
     def __init__(self) -> None:
         self.instruments: list[object] = []
         for name in HOOK_NAMES:
-            setattr(self, name, [])
+            setattr(self, name, ())
 
     def add(self, instrument: object) -> None:
         if instrument in self.instruments:
@@ -114,18 +132,19 @@ class Hooks:
         self.instruments.append(instrument)
         for name in HOOK_NAMES:
             if _defines(instrument, name):
-                getattr(self, name).append(getattr(instrument, name))
+                setattr(self, name, (*getattr(self, name), getattr(instrument, name)))
 
     def remove(self, instrument: object) -> None:
         """Detach ``instrument``; ValueError if it is not attached."""
         self.instruments.remove(instrument)
         for name in HOOK_NAMES:
-            methods: list[Callable[..., None]] = getattr(self, name)
-            methods[:] = [m for m in methods if getattr(m, "__self__", None) is not instrument]
+            methods: tuple[Callable[..., None], ...] = getattr(self, name)
+            kept = tuple(m for m in methods if getattr(m, "__self__", None) is not instrument)
+            setattr(self, name, kept)
 
     def call(self, name: str, *args: Any) -> None:
         """Call hook ``name`` of every instrument that has it."""
-        for method in list(getattr(self, name)):
+        for method in getattr(self, name):
             try:
                 method(*args)
             except Exception:

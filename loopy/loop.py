@@ -238,7 +238,8 @@ class Loop(
         else:
             hooks.call("wait_started", self, timeout)
             events = self._selector.select(timeout)
-            hooks.call("wait_finished", self, [(key.fd, mask) for key, mask in events])
+            if hooks.wait_finished:
+                hooks.call("wait_finished", self, [(key.fd, mask) for key, mask in events])
         for key, mask in events:
             reader, writer = key.data
             if mask & selectors.EVENT_READ and reader is not None:
@@ -283,15 +284,17 @@ class Loop(
         ``slow_callback_duration``.
         """
         hooks = self._hooks
-        if hooks is not None:
+        if hooks is not None and hooks.callback_started:
             hooks.call("callback_started", self, handle)
-        started = self._clock()
-        handle._run()
         if self._debug:
+            started = self._clock()
+            handle._run()
             took = self._clock() - started
             if took >= self.slow_callback_duration:
                 logger.warning("Executing %r took %.3f seconds", handle, took)
-        if hooks is not None:
+        else:
+            handle._run()
+        if hooks is not None and hooks.callback_finished:
             hooks.call("callback_finished", self, handle)
 
     def _drop_cancelled_head_timers(self) -> None:
@@ -398,6 +401,8 @@ class Loop(
             raise RuntimeError("Cannot close a running event loop")
         if self._closed:
             return
+        if self._hooks is not None:
+            self._hooks.call("loop_closed", self)
         self._closed = True
         self._ready.clear()
         self._timers.clear()
@@ -828,11 +833,24 @@ def _stop_loop_when_done(future: asyncio.Future[Any]) -> None:
     future.get_loop().stop()
 
 
+#: The environment variable naming a file to trace every new loop into.
+TRACE_ENV = "LOOPY_TRACE"
+
+
 def new_event_loop(*, tasks: str | None = None) -> Loop:
     """A new loopy event loop.
 
     ``tasks`` picks the task mode: ``"asyncio"`` (asyncio's C Future and
     Task, the default) or ``"loopy"`` (loopy's own pure-Python ones).  When it
     is not given, the ``LOOPY_TASKS`` environment variable decides.
+
+    With ``LOOPY_TRACE=FILE`` in the environment, the loop is traced from
+    birth and the trace written to FILE when it closes (see ``trace/``).
     """
-    return Loop(tasks=tasks)
+    loop = Loop(tasks=tasks)
+    trace_path = os.environ.get(TRACE_ENV)
+    if trace_path:
+        from .trace import trace_to_file  # noqa: PLC0415 - imported only when asked for
+
+        trace_to_file(loop, trace_path)
+    return loop

@@ -10,7 +10,9 @@ how long something takes.
 from __future__ import annotations
 
 import ast
+import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -23,11 +25,13 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+import loopy
 from loopy import cli, demo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -565,3 +569,134 @@ def test_running_out_of_file_descriptors_pauses_accepting(start: Any) -> None:
     warnings = [line for line in loopy.lines if " WARNING " in line]
     assert 1 <= len(warnings) <= 3  # once per shortage, not once per attempt
     assert "Traceback" not in "\n".join(loopy.lines)
+
+
+# -- tracing the program, and the trace commands ------------------------------------
+
+
+def log_time(line: str) -> float:
+    """The wall-clock time of a log line (its asctime is local time, to the millisecond)."""
+    assert LINE.fullmatch(line), line
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def test_the_trace_shows_the_accepts_and_reads_when_the_log_does(
+    start: Any, tmp_path: Path
+) -> None:
+    trace_file = tmp_path / "seed.json"
+    loopy = start("--interval", "0.2", "--trace", str(trace_file))
+    one, _ = client(loopy.port)
+    loopy.wait_for(r"Accept from .*")
+    other, _ = client(loopy.port)
+    loopy.wait_for(r"Accept from .*", count=2)
+    one.sendall(b"hello from one connection!\n")
+    loopy.wait_for(r"Recvd .*")
+    other.sendall(b"hello from another!\n")
+    loopy.wait_for(r"Recvd .*", count=2)
+    one.close()
+    other.close()
+    loopy.wait_for(r"Closed .*", count=2)
+    loopy.wait_for_ticks(2)  # and idles through a whole interval
+    assert loopy.stop(signal.SIGTERM) == 0
+
+    trace = json.loads(trace_file.read_text())
+    started = trace["otherData"]["start_wall_time"]
+    steps = [
+        (started + e["ts"] / 1e6, started + (e["ts"] + e["dur"]) / 1e6, e["name"])
+        for e in trace["traceEvents"]
+        if e.get("cat") == "task-step"
+    ]
+    tolerance = 0.005  # the log's clock reads to the millisecond; 5 ms is generous
+
+    def step_at(logged: float, coroutine: str) -> bool:
+        return any(
+            begin - tolerance <= logged <= end + tolerance and f"(coro: {coroutine})" in name
+            for begin, end, name in steps
+        )
+
+    events = {"Accept from": "_accept_forever", "Recvd": "_serve", "Count:": "tick"}
+    with loopy._changed:
+        lines = list(loopy.lines)
+    checked = dict.fromkeys(events, 0)
+    for line in lines:
+        for message, coroutine in events.items():
+            if f" {message}" in line:
+                assert step_at(log_time(line), coroutine), line
+                checked[message] += 1
+    assert checked["Accept from"] == 2
+    assert checked["Recvd"] == 2
+    assert checked["Count:"] >= 1
+    # The story Perfetto shows: long waits between the ticks, I/O marks for the reads.
+    waits = [e["dur"] for e in trace["traceEvents"] if e.get("cat") == "wait"]
+    assert max(waits) > 100_000  # µs: the loop sleeps most of each 0.2 s tick
+    assert any(e["ph"] == "i" and e.get("cat") == "io" for e in trace["traceEvents"])
+
+
+@pytest.fixture
+def saved_trace(tmp_path: Path) -> Path:
+    """A small trace of a real loopy loop, saved to a file."""
+    path = tmp_path / "small.json"
+
+    async def work() -> None:
+        with loopy.tracing(path):
+            await asyncio.sleep(0.01)
+            await asyncio.gather(*(asyncio.sleep(0) for _ in range(3)))
+
+    loopy.run(work())
+    return path
+
+
+def test_trace_summary_prints_the_figures(
+    saved_trace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["trace", "summary", str(saved_trace)]) == 0
+    out = capsys.readouterr().out
+    assert "iterations" in out
+    assert "utilisation" in out
+
+
+def test_trace_view_writes_the_page_next_to_the_trace(
+    saved_trace: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert cli.main(["trace", "view", str(saved_trace)]) == 0
+    page = saved_trace.with_suffix(".html")
+    assert capsys.readouterr().out == f"{page}\n"
+    assert "<html" in page.read_text()
+    elsewhere = tmp_path / "elsewhere.html"
+    assert cli.main(["trace", "view", str(saved_trace), "-o", str(elsewhere)]) == 0
+    assert elsewhere.exists()
+
+
+def test_trace_of_a_missing_or_broken_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["trace", "summary", str(tmp_path / "missing.json")]) == 1
+    broken = tmp_path / "broken.json"
+    broken.write_text("{not json")
+    assert cli.main(["trace", "view", str(broken)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2
+    assert all(line.startswith("loopy: cannot read trace ") for line in err)
+
+
+def test_trace_needs_an_action(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["trace"]) == 2
+    assert "usage: loopy trace" in capsys.readouterr().err
+
+
+def test_loopy_trace_environment_variable_traces_asyncio_run(tmp_path: Path) -> None:
+    trace_file = tmp_path / "app.json"
+    program = "import asyncio, loopy\nloopy.install()\nasyncio.run(asyncio.sleep(0.01))\n"
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=ROOT,
+        env={**os.environ, "LOOPY_TRACE": str(trace_file)},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    trace = json.loads(trace_file.read_text())
+    assert any(e.get("cat") == "iteration" for e in trace["traceEvents"])
+    assert any(e.get("cat") == "task-step" for e in trace["traceEvents"])

@@ -14,6 +14,7 @@ import pytest
 
 from loopy.handles import callback_name
 from loopy.instruments import HOOK_NAMES, Instrument
+from tests.helpers import make_loop
 
 
 class Recorder(Instrument):
@@ -208,3 +209,17 @@ def test_late_timer_reports_its_lateness(vloop: Any) -> None:
     vloop.run_forever()
     fired = [e for e in recorder.events if e[0] == "fired"]
     assert fired == [("fired", "Loop.stop", 0.5)]
+
+
+def test_loop_closed_is_called_once_before_the_loop_lets_go() -> None:
+    seen: list[bool] = []
+
+    class Closing(Instrument):
+        def loop_closed(self, loop: Any) -> None:
+            seen.append(loop.is_closed())
+
+    loop = make_loop("loopy")
+    loop.add_instrument(Closing())
+    loop.close()
+    loop.close()
+    assert seen == [False]  # called once, while the loop was still usable

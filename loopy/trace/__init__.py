@@ -6,7 +6,8 @@ The pieces, in the order you meet them:
   iteration, wait and callback into a bounded ring buffer
 * ``export.py``    :func:`to_chrome_trace`/:func:`write_trace`: the recording
   as Chrome Trace Event JSON, for Perfetto or ``chrome://tracing``;
-  :func:`load_trace` reads it back; :func:`tracing` records a ``with`` block
+  :func:`load_trace` reads it back; :func:`tracing` records a ``with`` block;
+  :func:`trace_to_file` records a loop until it closes (``LOOPY_TRACE``)
 * ``summary.py``   :func:`summarize`/:func:`format_summary`: the figures of a
   saved trace (utilisation, slowest callbacks, timer lateness...)
 * ``viewer.py``    :func:`write_viewer`: a self-contained HTML timeline of a trace
@@ -25,7 +26,7 @@ costs nothing until attached.
 """
 
 from .describe import LoopSnapshot, describe, snapshot
-from .export import load_trace, to_chrome_trace, tracing, write_trace
+from .export import load_trace, to_chrome_trace, trace_to_file, tracing, write_trace
 from .recorder import DEFAULT_MAX_EVENTS, TraceEvent, TraceRecorder
 from .stalls import Load, LoadMonitor, Stall, StallDetector
 from .summary import Percentiles, SlowStep, Summary, format_summary, summarize
@@ -50,6 +51,7 @@ __all__ = [
     "snapshot",
     "summarize",
     "to_chrome_trace",
+    "trace_to_file",
     "tracing",
     "write_trace",
     "write_viewer",

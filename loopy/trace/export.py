@@ -305,3 +305,30 @@ def tracing(
     finally:
         recorder.detach()
         write_trace(recorder, path)
+
+
+class _FileRecorder(TraceRecorder):
+    """A recorder that writes its trace to a file when its loop closes."""
+
+    def __init__(self, path: str | PathLike[str], max_events: int) -> None:
+        super().__init__(max_events)
+        self.path = Path(path)
+
+    def loop_closed(self, loop: Any) -> None:
+        self.detach()
+        write_trace(self, self.path)
+
+
+def trace_to_file(
+    loop: Any, path: str | PathLike[str], *, max_events: int = DEFAULT_MAX_EVENTS
+) -> TraceRecorder:
+    """Record ``loop`` from now until it closes, then write the trace to ``path``.
+
+    The loop's ``close()`` writes the file, so it is there however the
+    program ends, provided the loop is closed: ``asyncio.run``,
+    ``asyncio.Runner`` and the ``loopy`` command always close theirs, after
+    an exception or Ctrl-C too.
+    """
+    recorder = _FileRecorder(path, max_events)
+    recorder.attach(loop)
+    return recorder

@@ -1,0 +1,57 @@
+"""The event loops under test, created by name.
+
+===================  ====================================================
+name                 loop
+===================  ====================================================
+``asyncio``          ``asyncio.new_event_loop()`` (the SelectorEventLoop)
+``uvloop``           ``uvloop.new_event_loop()``
+``loopy``            ``loopy.new_event_loop(tasks="asyncio")``: asyncio's
+                     C Future and Task
+``loopy-own``        ``loopy.new_event_loop(tasks="loopy")``: loopy's own
+                     pure-Python Future and Task
+``loopy+instrument`` ``loopy`` with a do-nothing instrument attached, which
+                     switches it to its observed path
+===================  ====================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+LOOPS = ("asyncio", "uvloop", "loopy", "loopy-own")
+INSTRUMENTED = "loopy+instrument"
+VARIANTS = (*LOOPS, INSTRUMENTED)
+
+
+class NullInstrument:
+    """An instrument that defines no hooks: attaching it only costs the observed path."""
+
+
+def new_loop(name: str) -> asyncio.AbstractEventLoop:
+    """A new event loop of kind ``name`` (one of :data:`VARIANTS`)."""
+    if name == "asyncio":
+        return asyncio.new_event_loop()
+    if name == "uvloop":
+        import uvloop  # noqa: PLC0415 (optional, and only in its own server)
+
+        return uvloop.new_event_loop()
+    if name in ("loopy", "loopy-own", INSTRUMENTED):
+        import loopy  # noqa: PLC0415 (imported only by the processes that run it)
+
+        loop = loopy.new_event_loop(tasks="loopy" if name == "loopy-own" else "asyncio")
+        if name == INSTRUMENTED:
+            loop.add_instrument(NullInstrument())
+        return loop
+    raise ValueError(f"unknown loop {name!r}; choose from {', '.join(VARIANTS)}")
+
+
+def unavailable(name: str) -> str | None:
+    """Why loop ``name`` cannot run here, or None if it can."""
+    if name not in VARIANTS:
+        return f"unknown loop {name!r}"
+    if name == "uvloop":
+        try:
+            import uvloop  # noqa: F401, PLC0415
+        except ImportError as exc:
+            return f"uvloop is not installed ({exc})"
+    return None

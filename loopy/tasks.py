@@ -91,6 +91,11 @@ class Task(Future[_T]):
     * running: inside ``_step``; ``_fut_waiter`` is None.
     """
 
+    # As for Future: isinstance(task, asyncio.Task) holds, type(task) is the truth.
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        return asyncio.Task
+
     __slots__ = (
         "_context",
         "_coro",

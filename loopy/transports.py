@@ -170,6 +170,7 @@ class SocketTransport(FlowControl, asyncio.Transport):
         self._set_read_path(protocol)
         self._write_buffer = bytearray()
         self._reading_paused = False  # the protocol called pause_reading()
+        self._reader_registered = False  # the selector watches the socket for us
         self._closing = False  # close() or abort() was called
         self._eof_sent = False  # write_eof() was called
         # While a loop.sendfile() sends from the socket directly, write() is
@@ -203,6 +204,9 @@ class SocketTransport(FlowControl, asyncio.Transport):
         """Switch to another protocol (``start_tls`` slides a TLS layer in this way)."""
         self._protocol = protocol
         self._set_read_path(protocol)
+        if self._reader_registered:
+            # The selector holds the old read path: point it at the new one.
+            self._loop._add_reader(self._fd, self._on_readable)
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._protocol
@@ -221,12 +225,12 @@ class SocketTransport(FlowControl, asyncio.Transport):
         # After EOF the socket stays readable (recv returns b"" forever):
         # watching it again would report the same EOF a second time.
         if not self._closing and not self._reading_paused and not self._at_eof:
-            self._loop._add_reader(self._fd, self._readable)
+            self._loop._add_reader(self._fd, self._on_readable)
+            self._reader_registered = True
 
-    def _readable(self) -> None:
-        # One indirection, so that set_protocol() can switch the read path
-        # without re-registering the reader.
-        self._on_readable()
+    def _stop_reading(self) -> None:
+        self._loop._remove_reader(self._fd)
+        self._reader_registered = False
 
     def _read_data(self) -> None:
         """The socket is readable: hand what it has to ``protocol.data_received``."""
@@ -285,7 +289,7 @@ class SocketTransport(FlowControl, asyncio.Transport):
     def _eof_received(self) -> None:
         """The peer will send no more.  The protocol decides whether we may still write."""
         self._at_eof = True
-        self._loop._remove_reader(self._fd)
+        self._stop_reading()
         try:
             keep_open = self._protocol.eof_received()  # type: ignore[attr-defined]
         except (SystemExit, KeyboardInterrupt):
@@ -301,7 +305,7 @@ class SocketTransport(FlowControl, asyncio.Transport):
         if self._closing or self._reading_paused:
             return
         self._reading_paused = True
-        self._loop._remove_reader(self._fd)
+        self._stop_reading()
 
     def resume_reading(self) -> None:
         if self._closing or not self._reading_paused:
@@ -316,7 +320,11 @@ class SocketTransport(FlowControl, asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data``: now if the kernel takes it, else from the buffer when writable."""
-        _check_bytes_like(data)
+        if type(data) is not bytes:  # bytes, the common case, needs neither step
+            _check_bytes_like(data)
+            # send() counts bytes, so look at the data as bytes: a memoryview
+            # of 4-byte integers has a len() four times too small.
+            data = memoryview(data).cast("B")
         if self._eof_sent:
             raise RuntimeError("Cannot call write() after write_eof()")
         if self._sendfile_waiter is not None:
@@ -329,12 +337,10 @@ class SocketTransport(FlowControl, asyncio.Transport):
             self._conn_lost += 1
             return
         if not self._write_buffer:
+            # Nothing queued: try to send right away, and buffer only the rest.
             assert self._sock is not None
-            # send() counts bytes, so look at the data as bytes: a memoryview
-            # of 4-byte integers has a len() four times too small.
-            view = memoryview(data).cast("B")
             try:
-                sent = self._sock.send(view)
+                sent = self._sock.send(data)
             except (BlockingIOError, InterruptedError):
                 sent = 0
             except (SystemExit, KeyboardInterrupt):
@@ -342,9 +348,9 @@ class SocketTransport(FlowControl, asyncio.Transport):
             except BaseException as exc:
                 self._fatal_error(exc, "Fatal write error on socket transport")
                 return
-            if sent == len(view):
+            if sent == len(data):
                 return
-            data = view[sent:]
+            data = data[sent:]
             self._loop._add_writer(self._fd, self._on_writable)
         self._write_buffer += data
         self._maybe_pause_protocol()
@@ -411,7 +417,7 @@ class SocketTransport(FlowControl, asyncio.Transport):
         if self._closing:
             return
         self._closing = True
-        self._loop._remove_reader(self._fd)
+        self._stop_reading()
         if not self._write_buffer:
             self._lose_connection(None)
 
@@ -428,7 +434,7 @@ class SocketTransport(FlowControl, asyncio.Transport):
             self._loop._remove_writer(self._fd)
         if not self._closing:
             self._closing = True
-            self._loop._remove_reader(self._fd)
+            self._stop_reading()
         self._lose_connection(exc)
 
     def _lose_connection(self, exc: BaseException | None) -> None:

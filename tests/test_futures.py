@@ -513,3 +513,26 @@ def test_failed_init_does_not_break_del(own_loop: Any) -> None:
     finally:
         asyncio.set_event_loop_policy(policy)
     gc.collect()
+
+
+def test_loopy_futures_and_tasks_pass_asyncios_isinstance_checks() -> None:
+    """Libraries (anyio) check isinstance(x, asyncio.Future); type() still tells the truth."""
+    loop = loopy.Loop(tasks="loopy")
+    try:
+        future = loop.create_future()
+
+        async def noop() -> None:
+            pass
+
+        task = loop.create_task(noop())
+        assert isinstance(future, asyncio.Future)
+        assert isinstance(task, asyncio.Task)
+        assert isinstance(task, asyncio.Future)
+        assert not isinstance(future, asyncio.Task)
+        assert type(future) is loopy.Future
+        assert type(task) is loopy.Task
+        assert repr(task).startswith("<Task pending")
+        loop.run_until_complete(task)
+        future.cancel()
+    finally:
+        loop.close()

@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 import trustme
 
+import loopy.sendfile
+
 DATA = os.urandom(3 * 1024 * 1024 + 17)  # larger than a socket buffer: sending must wait
 
 
@@ -333,3 +335,80 @@ def test_fallback_waits_while_the_transport_is_paused(loop: Any) -> None:
         assert await loop.sendfile(transport, big) == len(DATA)
 
     assert transfer(loop, send) == DATA
+
+
+# Enough to fill the kernel's buffers on both sides, so the transport's own fills too.
+BIG = DATA * 8
+
+
+def test_fallback_pauses_while_the_peer_does_not_read(loop: Any) -> None:
+    """Over a full transport the fallback waits for resume_writing(), then carries on."""
+
+    async def main() -> bytes:
+        server, collector, transport = await serve_and_connect(loop)
+        collector.transport.pause_reading()  # the peer stops reading
+        task = asyncio.ensure_future(loop.sendfile(transport, io.BytesIO(BIG)))
+        while not transport._protocol_paused:  # the fallback filled the transport...
+            assert not task.done()
+            await asyncio.sleep(0.001)
+        assert isinstance(transport.get_protocol(), loopy.sendfile._FlowWatcher)
+        assert not task.done()  # ...and waits
+        collector.transport.resume_reading()
+        assert await task == len(BIG)
+        transport.close()
+        await collector.done
+        server.close()
+        await server.wait_closed()
+        return bytes(collector.data)
+
+    assert loop.run_until_complete(main()) == BIG
+
+
+def test_fallback_fails_when_the_peer_goes_away_meanwhile(loop: Any) -> None:
+    lost: list[Any] = []
+
+    class Client(asyncio.Protocol):
+        def connection_lost(self, exc: Exception | None) -> None:
+            lost.append(exc)
+
+    async def main() -> None:
+        collectors: list[Collector] = []
+        server = await loop.create_server(
+            lambda: collectors.append(Collector()) or collectors[-1], "127.0.0.1", 0
+        )
+        port = server.sockets[0].getsockname()[1]
+        transport, _ = await loop.create_connection(Client, "127.0.0.1", port)
+        while not collectors:
+            await asyncio.sleep(0)
+        collectors[0].transport.pause_reading()
+        task = asyncio.ensure_future(loop.sendfile(transport, io.BytesIO(BIG)))
+        while not transport._protocol_paused:
+            assert not task.done()
+            await asyncio.sleep(0.001)
+        server.abort_clients()
+        with pytest.raises(ConnectionError):
+            await task
+        transport.close()
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())
+    assert len(lost) == 1  # the real protocol still heard of it, once
+
+
+def test_the_stand_in_protocol_refuses_data(loop: Any) -> None:
+    async def main() -> None:
+        server, collector, transport = await serve_and_connect(loop)
+        watcher = loopy.sendfile._FlowWatcher(transport)
+        with pytest.raises(RuntimeError, match="reading should be paused"):
+            watcher.data_received(b"x")
+        with pytest.raises(RuntimeError, match="reading should be paused"):
+            watcher.eof_received()
+        watcher.restore()
+        assert transport.is_reading()
+        transport.close()
+        await collector.done
+        server.close()
+        await server.wait_closed()
+
+    loop.run_until_complete(main())

@@ -45,6 +45,7 @@ import itertools
 import logging
 import os
 import selectors
+import socket
 import sys
 import threading
 import time
@@ -576,6 +577,19 @@ class Loop(
         try:
             key = self._selector.get_key(fd)
         except KeyError:
+            key = None
+        if key is not None and _is_closed_socket(key.fileobj):
+            # Left by a socket that was closed before its registration was
+            # removed (sock_recv removes its own an iteration late), and the
+            # number is now another socket's.  The kernel dropped the old
+            # registration with the old socket: start afresh.
+            self._selector.unregister(key.fileobj)
+            self._watched_fds -= 1
+            for stale in key.data:
+                if stale is not None:
+                    stale.cancel()
+            key = None
+        if key is None:
             data = (handle, None) if event == selectors.EVENT_READ else (None, handle)
             self._selector.register(fd, event, data)
             self._watched_fds += 1
@@ -820,6 +834,10 @@ class Loop(
                         "asyncgen": agen,
                     }
                 )
+
+
+def _is_closed_socket(fileobj: object) -> bool:
+    return isinstance(fileobj, socket.socket) and fileobj.fileno() == -1
 
 
 def _stop_loop_when_done(future: asyncio.Future[Any]) -> None:

@@ -14,7 +14,8 @@ Each one turns a non-blocking socket call into something a coroutine can
    next readiness; otherwise it resolves the future with the result or the
    error.
 4. Whatever happens to the future -- a result, an error, or the awaiting
-   task being cancelled -- its done callback removes the registration, so no
+   task being cancelled -- its done callback removes the registration (one
+   iteration later, unless the next call on the socket took it over), so no
    descriptor stays watched by a coroutine that gave up.
 
 This is the path of a byte in ``sock_recv``: ``select()`` reports the socket
@@ -60,10 +61,11 @@ class SocketMethods:
 
     # Provided by the loop; declared here for the type checker.
     create_future: Callable[[], asyncio.Future[Any]]
+    call_soon: Callable[..., Any]
     _add_reader: Callable[..., Handle]
     _add_writer: Callable[..., Handle]
-    remove_reader: Callable[[Any], bool]
-    remove_writer: Callable[[Any], bool]
+    _remove_reader: Callable[[Any], bool]
+    _remove_writer: Callable[[Any], bool]
     getaddrinfo: Callable[..., Any]
 
     def _wait_readable(
@@ -71,9 +73,10 @@ class SocketMethods:
     ) -> asyncio.Future[Any]:
         """A future that ``callback(future, *args)`` resolves once ``sock`` is readable."""
         future = self.create_future()
-        fd = sock.fileno()
-        handle = self._add_reader(fd, callback, future, *args)
-        future.add_done_callback(functools.partial(self._stop_reading, fd, handle))
+        # Registered under the socket object, not its number, so that the
+        # loop can tell if it was closed (see Loop._watch).
+        handle = self._add_reader(sock, callback, future, *args)
+        future.add_done_callback(functools.partial(self._stop_reading, sock.fileno(), handle))
         return future
 
     def _wait_writable(
@@ -81,23 +84,36 @@ class SocketMethods:
     ) -> asyncio.Future[Any]:
         """A future that ``callback(future, *args)`` resolves once ``sock`` is writable."""
         future = self.create_future()
-        fd = sock.fileno()
-        handle = self._add_writer(fd, callback, future, *args)
-        future.add_done_callback(functools.partial(self._stop_writing, fd, handle))
+        handle = self._add_writer(sock, callback, future, *args)
+        future.add_done_callback(functools.partial(self._stop_writing, sock.fileno(), handle))
         return future
 
-    # The done callbacks run one iteration after the future is done.  By then
-    # another call may have registered its own callback for the same socket
-    # (a sock_sendall right after a cancelled one): that replaced, and so
-    # cancelled, our handle, and the registration is no longer ours to remove.
+    # When is a registration ours to remove?  The done callbacks run in the
+    # iteration after the future is done, just before the task that awaited
+    # it.  That task usually asks for the same socket again at once (a read
+    # loop calls sock_recv again), so removing the registration now would
+    # only make it add it back: two system calls per message.  So the done
+    # callback decides one iteration later, and removes the registration
+    # only if nobody replaced it meanwhile.  A replacing call cancelled our
+    # handle (add_reader does that), and so did remove_reader.
 
     def _stop_reading(self, fd: int, handle: Handle, future: asyncio.Future[Any]) -> None:
-        if not handle.cancelled():
-            self.remove_reader(fd)
+        self.call_soon(self._remove_reader_if_ours, fd, handle)
 
     def _stop_writing(self, fd: int, handle: Handle, future: asyncio.Future[Any]) -> None:
+        self.call_soon(self._remove_writer_if_ours, fd, handle)
+
+    # The socket may belong to a transport by now (create_connection hands
+    # it over): the private removers skip the check that add_reader() and
+    # friends make against that, and the handle says the registration is ours.
+
+    def _remove_reader_if_ours(self, fd: int, handle: Handle) -> None:
         if not handle.cancelled():
-            self.remove_writer(fd)
+            self._remove_reader(fd)
+
+    def _remove_writer_if_ours(self, fd: int, handle: Handle) -> None:
+        if not handle.cancelled():
+            self._remove_writer(fd)
 
     # -- receiving --------------------------------------------------------
 

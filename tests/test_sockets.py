@@ -286,3 +286,55 @@ def test_connect_resolves_host_names(any_loop: Any, listener: socket.socket) -> 
         assert client.getpeername() == ("127.0.0.1", port)
     finally:
         client.close()
+
+
+def test_a_read_loop_keeps_its_registration(loop: Any, pair: Any) -> None:
+    """Back-to-back sock_recv calls reuse the selector registration: no remove/add per read."""
+    a, b = pair
+    calls: list[str] = []
+    selector = loop._selector
+    for name in ("register", "unregister"):
+        original = getattr(selector, name)
+
+        def counting(*args: Any, _original: Any = original, _name: str = name) -> Any:
+            calls.append(_name)
+            return _original(*args)
+
+        setattr(selector, name, counting)
+
+    async def main() -> list[bytes]:
+        got = []
+        for i in range(5):
+            loop.call_soon(b.send, b"%d" % i)
+            got.append(await loop.sock_recv(a, 10))
+        return got
+
+    assert loop.run_until_complete(main()) == [b"0", b"1", b"2", b"3", b"4"]
+    for _ in range(3):  # the last registration goes an iteration or two later
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    assert calls == ["register", "unregister"]
+    assert registered_fds(loop) == set()
+
+
+def test_a_closed_sockets_leftover_registration_does_not_hide_a_new_one(
+    any_loop: Any,
+) -> None:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+
+    async def main() -> bytes:
+        any_loop.call_soon(b.send, b"x")
+        assert await any_loop.sock_recv(a, 10) == b"x"
+        old_fd = a.fileno()
+        a.close()  # before the loop dropped a's registration
+        b.close()
+        c, d = socket.socketpair()
+        with c, d:
+            assert c.fileno() == old_fd  # the number is reused at once
+            c.setblocking(False)
+            any_loop.call_later(0.01, d.send, b"y")  # after c starts waiting
+            async with asyncio.timeout(5):  # in this task: sock_recv(c) starts at once
+                return await any_loop.sock_recv(c, 10)
+
+    assert any_loop.run_until_complete(main()) == b"y"

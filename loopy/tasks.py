@@ -176,6 +176,11 @@ class Task(Future[_T]):
             self._send_or_throw(exc)
         finally:
             _leave_task(self._loop, self)
+            # An exception the task keeps holds a traceback through this
+            # frame; without these locals that is no reference cycle, and the
+            # exception (with everything its frames hold) is freed at once
+            # instead of waiting for the garbage collector.
+            del self, exc
 
     def _send_or_throw(self, exc: BaseException | None) -> None:
         """Run the coroutine to its next yield, then act on what came out."""
@@ -198,6 +203,8 @@ class Task(Future[_T]):
             super().set_exception(error)
         else:
             self._on_yield(yielded)
+        finally:
+            del self, exc  # no cycle through this frame, as in _step
 
     def _on_yield(self, yielded: Any) -> None:
         """The coroutine suspended with ``yielded``: arrange the next step."""
@@ -246,6 +253,8 @@ class Task(Future[_T]):
         else:
             # No need to pass the result: the coroutine's __await__ reads it.
             self._step()
+        finally:
+            del self, future  # no cycle through this frame, as in _step
 
     def _start_eagerly(self) -> None:
         """Run the first step now, inside the caller (Python 3.12's eager tasks).

@@ -9,11 +9,13 @@ each such test states behaviour all three share.  Tests building
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import gc
 import io
 import sys
 import types
+import weakref
 from typing import Any
 
 import pytest
@@ -1059,3 +1061,42 @@ def test_pending_task_of_run_until_complete_is_not_reported(own_loop: Any) -> No
     interrupted()
     gc.collect()
     assert reports == []
+
+
+@pytest.mark.parametrize("ending", ["cancelled"])
+def test_a_finished_task_frees_its_frames_without_the_garbage_collector(
+    any_loop: Any, ending: str
+) -> None:
+    """No reference cycle task -> exception -> traceback -> step frame -> task.
+
+    (A task that raises is another matter: awaiting it re-raises the very
+    exception in the awaiting frame, which then refers back to the task, on
+    asyncio's own loop as well.)
+    """
+
+    class Witness:
+        pass
+
+    witness_ref: list[Any] = []
+
+    async def body() -> None:
+        witness = Witness()  # lives in this coroutine's frame, kept by the traceback
+        witness_ref.append(weakref.ref(witness))
+        if ending == "raises":
+            raise ValueError("boom")
+        await asyncio.sleep(10)
+
+    async def main() -> None:
+        task = any_loop.create_task(body())
+        await asyncio.sleep(0)
+        if ending == "cancelled":
+            task.cancel()
+        with contextlib.suppress(ValueError, asyncio.CancelledError):
+            await task
+
+    gc.disable()
+    try:
+        any_loop.run_until_complete(main())
+        assert witness_ref[0]() is None
+    finally:
+        gc.enable()

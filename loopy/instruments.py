@@ -125,6 +125,9 @@ class Hooks:
         self.instruments: list[object] = []
         for name in HOOK_NAMES:
             setattr(self, name, ())
+        # Whether any instrument watches single callbacks: only then does the
+        # loop take its slower, observed path for each one.
+        self.watches_callbacks = False
 
     def add(self, instrument: object) -> None:
         if instrument in self.instruments:
@@ -133,6 +136,7 @@ class Hooks:
         for name in HOOK_NAMES:
             if _defines(instrument, name):
                 setattr(self, name, (*getattr(self, name), getattr(instrument, name)))
+        self.watches_callbacks = bool(self.callback_started or self.callback_finished)
 
     def remove(self, instrument: object) -> None:
         """Detach ``instrument``; ValueError if it is not attached."""
@@ -141,6 +145,7 @@ class Hooks:
             methods: tuple[Callable[..., None], ...] = getattr(self, name)
             kept = tuple(m for m in methods if getattr(m, "__self__", None) is not instrument)
             setattr(self, name, kept)
+        self.watches_callbacks = bool(self.callback_started or self.callback_finished)
 
     def call(self, name: str, *args: Any) -> None:
         """Call hook ``name`` of every instrument that has it."""

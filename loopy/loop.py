@@ -265,18 +265,18 @@ class Loop(
         # 4. Run exactly the callbacks that are ready now.  Anything they
         #    schedule lands behind them and waits for the next iteration.
         popleft = ready.popleft
-        if hooks is None and not self._debug:
-            for _ in range(len(ready)):
-                handle = popleft()
-                if not handle._cancelled:
-                    handle._run()
-        else:
+        if self._debug or (hooks is not None and hooks.watches_callbacks):
             for _ in range(len(ready)):
                 handle = popleft()
                 if not handle._cancelled:
                     self._run_observed(handle)
-            if hooks is not None:
-                hooks.call("iteration_finished", self)
+        else:
+            for _ in range(len(ready)):
+                handle = popleft()
+                if not handle._cancelled:
+                    handle._run()
+        if hooks is not None:
+            hooks.call("iteration_finished", self)
 
     def _run_observed(self, handle: Handle) -> None:
         """Run a handle under the eyes of the instruments and of debug mode.

@@ -223,3 +223,33 @@ def test_loop_closed_is_called_once_before_the_loop_lets_go() -> None:
     loop.close()
     loop.close()
     assert seen == [False]  # called once, while the loop was still usable
+
+
+def test_callbacks_take_the_plain_path_unless_an_instrument_watches_them(
+    loop: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    observed: list[Any] = []
+    monkeypatch.setattr(loop, "_run_observed", observed.append)
+
+    class WaitsOnly(Instrument):
+        def wait_started(self, loop: Any, timeout: float | None) -> None:
+            pass
+
+    class Callbacks(Instrument):
+        def callback_finished(self, loop: Any, handle: Any) -> None:
+            pass
+
+    ran: list[int] = []
+    loop.add_instrument(WaitsOnly())
+    loop.call_soon(ran.append, 1)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert (ran, observed) == ([1], [])  # ran directly, unobserved
+    watcher = Callbacks()
+    loop.add_instrument(watcher)
+    loop.call_soon(ran.append, 2)
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert len(observed) == 2  # both callbacks went through _run_observed
+    loop.remove_instrument(watcher)
+    assert not loop._hooks.watches_callbacks

@@ -41,6 +41,7 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosedOK
 
 import loopy
+import loopy.trace
 
 _T = TypeVar("_T")
 
@@ -647,3 +648,27 @@ def test_streams_drain_backpressure(tasks: str | None) -> None:
             await writer.wait_closed()
 
     run(tasks, main)
+
+
+@pytest.mark.parametrize("tasks", ["asyncio", "loopy"])
+def test_tracing_an_aiohttp_app(tasks: str, tmp_path: Path) -> None:
+    """The trace tools work on a real application, not only on the seed program."""
+    trace_path = tmp_path / "aiohttp.json"
+
+    async def main() -> None:
+        with loopy.tracing(trace_path):
+            async with aiohttp_server(AiohttpApp()) as url, aiohttp.ClientSession(url) as session:
+                for _ in range(5):
+                    async with session.get("/") as response:
+                        assert await response.text() == "Hello from aiohttp"
+
+    run(tasks, main)
+    trace = loopy.trace.load_trace(trace_path)
+    summary = loopy.trace.summarize(trace)
+    assert summary.iterations > 10
+    assert summary.tasks_created >= 5  # aiohttp runs each request in a task
+    names = {e["name"] for e in trace["traceEvents"] if e.get("cat") == "task-step"}
+    assert any("(coro: " in name for name in names)
+    page = loopy.trace.write_viewer(trace_path)
+    assert page.read_text().count("drawn-iterations") >= 1
+    assert "iterations" in loopy.trace.format_summary(summary)

@@ -229,7 +229,12 @@ def test_callbacks_take_the_plain_path_unless_an_instrument_watches_them(
     loop: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     observed: list[Any] = []
-    monkeypatch.setattr(loop, "_run_observed", observed.append)
+
+    def run_observed(handle: Any) -> None:
+        observed.append(handle)
+        handle._run()
+
+    monkeypatch.setattr(loop, "_run_observed", run_observed)
 
     class WaitsOnly(Instrument):
         def wait_started(self, loop: Any, timeout: float | None) -> None:

@@ -38,7 +38,6 @@ import logging
 import os
 import socket
 import stat
-import warnings
 from asyncio.trsock import TransportSocket
 from collections.abc import Callable
 from typing import Any
@@ -46,9 +45,9 @@ from typing import Any
 from .sockets import _TRY_AGAIN, _check_nonblocking
 from .transports import (
     _WRITES_AFTER_LOSS_BEFORE_WARNING,
+    FileTransport,
     FlowControl,
     _check_bytes_like,
-    _resolve_waiter,
 )
 
 logger = logging.getLogger("loopy")
@@ -62,7 +61,7 @@ MAX_DATAGRAM_SIZE = 256 * 1024
 _NOT_GIVEN: Any = object()
 
 
-class DatagramTransport(FlowControl, asyncio.DatagramTransport, asyncio.Transport):
+class DatagramTransport(FileTransport, FlowControl, asyncio.DatagramTransport, asyncio.Transport):
     """A transport over a datagram socket, connected or not.
 
     Invariant: ``connection_lost`` is called exactly once, always through
@@ -100,27 +99,14 @@ class DatagramTransport(FlowControl, asyncio.DatagramTransport, asyncio.Transpor
         # How many times the connection was lost: 0 while it is alive.
         # Also counts datagrams dropped afterwards, to warn about them once.
         self._conn_lost = 0
-        loop.call_soon(protocol.connection_made, self)
-        # Only read once connection_made() has run.
-        loop.call_soon(self._start_reading)
-        if waiter is not None:
-            loop.call_soon(_resolve_waiter, waiter)
+        self._announce(loop, protocol, waiter)
 
-    def __repr__(self) -> str:
-        state = "closed" if self._sock is None else "closing" if self._closing else "open"
-        return f"<{type(self).__name__} fd={self._fd} {state}>"
-
-    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
-        sock = getattr(self, "_sock", None)
-        if sock is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            sock.close()
+    @property
+    def _file(self) -> socket.socket | None:
+        return self._sock
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._protocol
 
     # -- receiving -----------------------------------------------------------
 
@@ -231,9 +217,6 @@ class DatagramTransport(FlowControl, asyncio.DatagramTransport, asyncio.Transpor
         return self._buffer_size
 
     # -- closing ----------------------------------------------------------------
-
-    def is_closing(self) -> bool:
-        return self._closing
 
     def close(self) -> None:
         """Stop receiving, send what is queued, then lose the connection."""

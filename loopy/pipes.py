@@ -41,7 +41,6 @@ import errno
 import logging
 import os
 import stat
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -49,6 +48,7 @@ from .transports import (
     _CONNECTION_ERRORS,
     _WRITES_AFTER_LOSS_BEFORE_WARNING,
     MAX_READ_SIZE,
+    FileTransport,
     FlowControl,
     _check_bytes_like,
     _resolve_waiter,
@@ -78,7 +78,7 @@ def _file_type(pipe: Any) -> int:
     return mode
 
 
-class _PipeTransport:
+class _PipeTransport(FileTransport):
     """What both directions share: the file object, closing, ``connection_lost`` once.
 
     Invariant: ``connection_lost`` is called exactly once, scheduled by
@@ -99,24 +99,12 @@ class _PipeTransport:
         # A blocking read or write would stop the whole loop.
         os.set_blocking(self._fd, False)
 
-    def __repr__(self) -> str:
-        state = "closed" if self._pipe is None else "closing" if self._closing else "open"
-        return f"<{type(self).__name__} fd={self._fd} {state}>"
-
-    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
-        pipe = getattr(self, "_pipe", None)
-        if pipe is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            pipe.close()
+    @property
+    def _file(self) -> Any:
+        return self._pipe
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._protocol
-
-    def is_closing(self) -> bool:
-        return self._closing
 
     def _lose_connection(self, exc: BaseException | None) -> None:
         self._lost = True
@@ -161,11 +149,7 @@ class ReadPipeTransport(_PipeTransport, asyncio.ReadTransport):
         _file_type(pipe)
         self._setup(loop, pipe, protocol)
         self._reading_paused = False  # the protocol called pause_reading()
-        loop.call_soon(protocol.connection_made, self)
-        # Only read once connection_made() has run.
-        loop.call_soon(self._start_reading)
-        if waiter is not None:
-            loop.call_soon(_resolve_waiter, waiter)
+        self._announce(loop, protocol, waiter)
 
     def _start_reading(self) -> None:
         if not self._closing and not self._reading_paused:

@@ -133,7 +133,52 @@ class FlowControl:
             )
 
 
-class SocketTransport(FlowControl, asyncio.Transport):
+class FileTransport:
+    """What every transport over one file descriptor shares (a mixin).
+
+    The socket, datagram and pipe transports all keep their descriptor in
+    ``_fd``, name the object that owns it as ``_file`` (None once closed),
+    announce themselves the same way, and warn the same way when they are
+    garbage-collected unclosed.
+    """
+
+    _fd: int
+    _closing: bool
+    _protocol: asyncio.BaseProtocol
+
+    def _announce(self, loop: Any, protocol: Any, waiter: asyncio.Future[None] | None) -> None:
+        """Schedule ``connection_made``, then reading, then the waiter's wake-up."""
+        loop.call_soon(protocol.connection_made, self)
+        # Only read once connection_made() has run.
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(_resolve_waiter, waiter)
+
+    @property
+    def _file(self) -> Any:
+        raise NotImplementedError
+
+    def _start_reading(self) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        state = "closed" if self._file is None else "closing" if self._closing else "open"
+        return f"<{type(self).__name__} fd={self._fd} {state}>"
+
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
+        file = getattr(self, "_file", None)  # None too if __init__ failed early
+        if file is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            file.close()
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+
+class SocketTransport(FileTransport, FlowControl, asyncio.Transport):
     """A transport over a connected stream socket (TCP or Unix)."""
 
     def __init__(
@@ -183,20 +228,7 @@ class SocketTransport(FlowControl, asyncio.Transport):
 
         if server is not None:
             server._attach(self)
-        loop.call_soon(protocol.connection_made, self)
-        loop.call_soon(self._start_reading)
-        if waiter is not None:
-            loop.call_soon(_resolve_waiter, waiter)
-
-    def __repr__(self) -> str:
-        state = "closed" if self._sock is None else "closing" if self._closing else "open"
-        return f"<{type(self).__name__} fd={self._fd} {state}>"
-
-    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
-        sock = getattr(self, "_sock", None)
-        if sock is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            sock.close()
+        self._announce(loop, protocol, waiter)
 
     # -- protocol --------------------------------------------------------
 
@@ -208,8 +240,9 @@ class SocketTransport(FlowControl, asyncio.Transport):
             # The selector holds the old read path: point it at the new one.
             self._loop._add_reader(self._fd, self._on_readable)
 
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._protocol
+    @property
+    def _file(self) -> socket.socket | None:
+        return self._sock
 
     def _set_read_path(self, protocol: asyncio.BaseProtocol) -> None:
         # A BufferedProtocol lends us its buffer: recv_into it, no copy.
@@ -408,9 +441,6 @@ class SocketTransport(FlowControl, asyncio.Transport):
         return len(self._write_buffer)
 
     # -- closing ----------------------------------------------------------------
-
-    def is_closing(self) -> bool:
-        return self._closing
 
     def close(self) -> None:
         """Stop reading, send what is buffered, then lose the connection."""

@@ -8,8 +8,12 @@ default) and loopy with its own pure-Python Future/Task.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import selectors
+from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 import loopy
 
@@ -84,3 +88,44 @@ def make_loop(kind: str, *, virtual: bool = False) -> Any:
         raise ValueError(kind)
     loop.virtual_clock = clock
     return loop
+
+
+# -- running coroutines in tests ------------------------------------------------
+
+#: A safety net only: every wait in the tests ends on an event well before it.
+TIMEOUT = 10.0
+
+
+def run(loop: Any, coro: Any, timeout: float = TIMEOUT) -> Any:
+    """Run ``coro`` on ``loop`` to completion, failing after ``timeout`` seconds."""
+    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
+
+
+def catch_errors(loop: Any) -> list[dict[str, Any]]:
+    """Route the loop's exception handler into a list, and return the list."""
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    return errors
+
+
+async def iterations(count: int = 5) -> None:
+    """Let the loop run ``count`` iterations (each polls the sockets once)."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+def run_until_interrupted(loop: Any, tidy: Callable[[], object]) -> None:
+    """Run ``loop`` until a KeyboardInterrupt escapes it (within TIMEOUT).
+
+    ``tidy()`` must then stop whatever raised it, before the loop runs again
+    to finish the timer task.
+    """
+    sleeper = loop.create_task(asyncio.sleep(TIMEOUT))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(sleeper)
+    finally:
+        tidy()
+        sleeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(sleeper)

@@ -25,20 +25,9 @@ import trustme
 
 import loopy.connections
 from loopy.connections import _interleave
-
-TIMEOUT = 10.0  # a safety net only: every wait below ends on an event
+from tests.helpers import catch_errors, run
 
 STREAM = socket.SOCK_STREAM
-
-
-def run(loop: Any, coro: Any, timeout: float = TIMEOUT) -> Any:
-    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
-
-
-def catch_errors(loop: Any) -> list[dict[str, Any]]:
-    errors: list[dict[str, Any]] = []
-    loop.set_exception_handler(lambda _loop, context: errors.append(context))
-    return errors
 
 
 def info(address: tuple[Any, ...], family: int = socket.AF_INET, proto: int = 6) -> Any:

@@ -12,7 +12,6 @@ have (asyncio 3.12).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import json
 import logging
@@ -22,7 +21,6 @@ import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,40 +28,7 @@ import pytest
 
 import loopy.servers
 from loopy.servers import Server
-
-TIMEOUT = 10.0  # a safety net only: every wait below ends on an event
-
-
-def run(loop: Any, coro: Any, timeout: float = TIMEOUT) -> Any:
-    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
-
-
-def catch_errors(loop: Any) -> list[dict[str, Any]]:
-    errors: list[dict[str, Any]] = []
-    loop.set_exception_handler(lambda _loop, context: errors.append(context))
-    return errors
-
-
-async def iterations(count: int = 5) -> None:
-    for _ in range(count):
-        await asyncio.sleep(0)
-
-
-def run_until_interrupted(loop: Any, tidy: Callable[[], object]) -> None:
-    """Run ``loop`` until a KeyboardInterrupt escapes it (within TIMEOUT).
-
-    ``tidy()`` must then stop whatever raised it, before the loop runs again
-    to finish the timer task.
-    """
-    sleeper = loop.create_task(asyncio.sleep(TIMEOUT))
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            loop.run_until_complete(sleeper)
-    finally:
-        tidy()
-        sleeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            loop.run_until_complete(sleeper)
+from tests.helpers import catch_errors, iterations, run, run_until_interrupted
 
 
 def ipv6_works() -> bool:

@@ -10,55 +10,19 @@ from __future__ import annotations
 
 import array
 import asyncio
-import contextlib
 import errno
 import gc
 import logging
 import os
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from loopy.transports import SocketTransport
-
-TIMEOUT = 10.0  # a safety net only: every wait below ends on an event
-
-
-def run(loop: Any, coro: Any, timeout: float = TIMEOUT) -> Any:
-    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
-
-
-def catch_errors(loop: Any) -> list[dict[str, Any]]:
-    """Route the loop's exception handler into a list, and return the list."""
-    errors: list[dict[str, Any]] = []
-    loop.set_exception_handler(lambda _loop, context: errors.append(context))
-    return errors
-
-
-async def iterations(count: int = 5) -> None:
-    """Let the loop run ``count`` iterations (each polls the sockets once)."""
-    for _ in range(count):
-        await asyncio.sleep(0)
-
-
-def run_until_interrupted(loop: Any, tidy: Callable[[], object]) -> None:
-    """Run ``loop`` until a KeyboardInterrupt escapes it (within TIMEOUT).
-
-    ``tidy()`` must then stop whatever raised it, before the loop runs again
-    to finish the timer task.
-    """
-    sleeper = loop.create_task(asyncio.sleep(TIMEOUT))
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            loop.run_until_complete(sleeper)
-    finally:
-        tidy()
-        sleeper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            loop.run_until_complete(sleeper)
+from tests.helpers import catch_errors, iterations, run, run_until_interrupted
 
 
 def tcp_socketpair() -> tuple[socket.socket, socket.socket]:

@@ -211,9 +211,10 @@ class Loop(
         ready = self._ready
         timers = self._timers
         # Instruments (instruments.py), or None: with none attached, watching
-        # costs one check per step below.
+        # costs one check per step below; with some, each hook that no
+        # instrument defines costs one more (an empty tuple).
         hooks = self._hooks
-        if hooks is not None:
+        if hooks is not None and hooks.iteration_started:
             hooks.call("iteration_started", self)
 
         # 1. How long may select() block?
@@ -237,7 +238,8 @@ class Loop(
         elif hooks is None:
             events = self._selector.select(timeout)
         else:
-            hooks.call("wait_started", self, timeout)
+            if hooks.wait_started:
+                hooks.call("wait_started", self, timeout)
             events = self._selector.select(timeout)
             if hooks.wait_finished:
                 hooks.call("wait_finished", self, [(key.fd, mask) for key, mask in events])
@@ -259,7 +261,7 @@ class Loop(
                     self._cancelled_timers -= 1
                     continue
                 ready.append(timer)
-                if hooks is not None:
+                if hooks is not None and hooks.timer_fired:
                     hooks.call("timer_fired", self, timer, now - timer._when)
 
         # 4. Run exactly the callbacks that are ready now.  Anything they
@@ -275,7 +277,7 @@ class Loop(
                 handle = popleft()
                 if not handle._cancelled:
                     handle._run()
-        if hooks is not None:
+        if hooks is not None and hooks.iteration_finished:
             hooks.call("iteration_finished", self)
 
     def _run_observed(self, handle: Handle) -> None:

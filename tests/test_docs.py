@@ -14,7 +14,8 @@ TOUR = ROOT / "docs" / "tour.md"
 # Names the tour cites as loopy's: `Class.method` or `Class` in backticks.
 # (asyncio's private ``Task.__step`` style names are asyncio's, not checked.)
 CITED = re.compile(
-    r"`((?:Loop|Handle|TimerHandle|Future|Task|SocketMethods|SocketTransport)(?:\.(?!__)\w+)?)`"
+    r"`((?:Loop|Handle|TimerHandle|Future|Task|SocketMethods|SocketTransport|Waker|FlowControl"
+    r"|Hooks)(?:\.(?!__)\w+)?)`"
 )
 
 
@@ -33,6 +34,9 @@ def test_every_class_and_method_the_tour_names_exists() -> None:
         "Task": "loopy.tasks",
         "SocketMethods": "loopy.sockets",
         "SocketTransport": "loopy.transports",
+        "FlowControl": "loopy.transports",
+        "Waker": "loopy.wakeup",
+        "Hooks": "loopy.instruments",
     }
     names = set(CITED.findall(TOUR.read_text()))
     assert len(names) > 10

@@ -35,13 +35,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 import socket
-import stat
 from asyncio.trsock import TransportSocket
 from collections.abc import Callable
 from typing import Any
 
+from .servers import remove_stale_socket_file
 from .sockets import _TRY_AGAIN, _check_nonblocking
 from .transports import (
     _WRITES_AFTER_LOSS_BEFORE_WARNING,
@@ -265,20 +264,6 @@ class DatagramTransport(FileTransport, FlowControl, asyncio.DatagramTransport, a
             self._sock = None
 
 
-def _remove_stale_socket_file(path: str) -> None:
-    # A socket file left by a previous run would make bind() fail; any
-    # other kind of file is the user's and is left alone.
-    try:
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.remove(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        # e.g. a directory we may create sockets in but not look into:
-        # bind() will tell whether the path is usable.
-        logger.error("could not check for a stale socket file at %r: %r", path, exc)
-
-
 def _check_no_socket_options(**options: Any) -> None:
     """With ``sock=``, the socket is the caller's: options to make one make no sense."""
     given = ", ".join(f"{name}={value}" for name, value in options.items() if value)
@@ -374,7 +359,7 @@ class DatagramMethods:
             # Addresses starting with a NUL byte are in Linux's abstract
             # namespace: they have no file to clean up.
             if local_addr and local_addr[0] != "\0":
-                _remove_stale_socket_file(local_addr)
+                remove_stale_socket_file(local_addr)
             return [(family, proto, local_addr, remote_addr)]
 
         # Resolve both addresses, then pair them up by (family, proto): a

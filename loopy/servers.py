@@ -390,7 +390,7 @@ class ServerMethods:
                 raise ValueError("path and sock can not be specified at the same time")
             path = os.fspath(path)
             if not _is_abstract(path):
-                _remove_stale_socket_file(path)
+                remove_stale_socket_file(path)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.bind(path)
@@ -441,14 +441,21 @@ def _socket_file_of(sock: socket.socket) -> tuple[str, int] | None:
         return None
 
 
-def _remove_stale_socket_file(path: str) -> None:
-    # A socket file left by a previous run would make bind() fail; any
-    # other kind of file is the user's and is left alone.
+def remove_stale_socket_file(path: str) -> None:
+    """Remove a Unix socket file a previous run left at ``path`` (stream or datagram).
+
+    It would make bind() fail; any other kind of file is the user's and is
+    left alone.
+    """
     try:
         if stat.S_ISSOCK(os.stat(path).st_mode):
             os.remove(path)
     except FileNotFoundError:
         pass
+    except OSError as exc:
+        # e.g. a directory we may create sockets in but not look into:
+        # bind() will tell whether the path is usable.
+        logger.error("could not check for a stale socket file at %r: %r", path, exc)
 
 
 def _remove_own_socket_file(path: str, inode: int) -> None:

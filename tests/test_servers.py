@@ -961,3 +961,15 @@ def test_unix_socket_file_deleted_before_serving(loop: Any, tmp_path: Path) -> N
         await server.wait_closed()
 
     run(loop, main())
+
+
+def test_unix_server_on_a_path_that_cannot_be_checked(
+    loop: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    below_a_file = str(a_file / "socket")  # stat() fails: not a directory
+    with pytest.raises(OSError):
+        run(loop, loop.create_unix_server(Factory(), below_a_file))
+    # Logged, and bind() had the last word, as for datagram endpoints.
+    assert "could not check for a stale socket file" in caplog.text

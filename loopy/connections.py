@@ -27,7 +27,7 @@ from asyncio import sslproto, staggered
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, cast
 
-from .transports import SocketTransport
+from .transports import SocketTransport, start_transport
 
 AddrInfo = tuple[Any, ...]
 _T = TypeVar("_T")
@@ -268,15 +268,11 @@ class ConnectionMethods:
     ) -> tuple[Any, Any]:
         """Wrap a connected socket and wait until the transport (and TLS) is ready."""
         sock.setblocking(False)
-        protocol = protocol_factory()
-        waiter = self.create_future()
-        transport = make_transport(sock, protocol, None, None, waiter)
-        try:
-            await waiter
-        except BaseException:
-            transport.close()
-            raise
-        return transport, protocol
+        return await start_transport(
+            self,
+            protocol_factory,
+            lambda protocol, waiter: make_transport(sock, protocol, None, None, waiter),
+        )
 
     # -- client connections ------------------------------------------------------------
 

@@ -47,6 +47,7 @@ from .transports import (
     FileTransport,
     FlowControl,
     _check_bytes_like,
+    start_transport,
 )
 
 logger = logging.getLogger("loopy")
@@ -334,15 +335,11 @@ class DatagramMethods:
                 candidates, bool(local_addr), bool(remote_addr), reuse_port, allow_broadcast
             )
 
-        protocol = protocol_factory()
-        waiter = self.create_future()
-        transport = DatagramTransport(self, sock, protocol, remote, waiter)
-        try:
-            await waiter  # connection_made() has run
-        except BaseException:
-            transport.close()
-            raise
-        return transport, protocol
+        return await start_transport(
+            self,
+            protocol_factory,
+            lambda protocol, waiter: DatagramTransport(self, sock, protocol, remote, waiter),
+        )
 
     async def _datagram_candidates(
         self, local_addr: Any, remote_addr: Any, family: int, proto: int, flags: int

@@ -52,6 +52,7 @@ from .transports import (
     FlowControl,
     _check_bytes_like,
     _resolve_waiter,
+    start_transport,
 )
 
 logger = logging.getLogger("loopy")
@@ -346,26 +347,18 @@ class PipeMethods:
         self, protocol_factory: Callable[[], asyncio.BaseProtocol], pipe: Any
     ) -> tuple[Any, Any]:
         """Wrap ``pipe`` (a file object with ``fileno()``) in a :class:`ReadPipeTransport`."""
-        protocol = protocol_factory()
-        waiter = self.create_future()
-        transport = ReadPipeTransport(self, pipe, protocol, waiter)
-        try:
-            await waiter  # connection_made() has run
-        except BaseException:
-            transport.close()
-            raise
-        return transport, protocol
+        return await start_transport(
+            self,
+            protocol_factory,
+            lambda protocol, waiter: ReadPipeTransport(self, pipe, protocol, waiter),
+        )
 
     async def connect_write_pipe(
         self, protocol_factory: Callable[[], asyncio.BaseProtocol], pipe: Any
     ) -> tuple[Any, Any]:
         """Wrap ``pipe`` (a file object with ``fileno()``) in a :class:`WritePipeTransport`."""
-        protocol = protocol_factory()
-        waiter = self.create_future()
-        transport = WritePipeTransport(self, pipe, protocol, waiter)
-        try:
-            await waiter
-        except BaseException:
-            transport.close()
-            raise
-        return transport, protocol
+        return await start_transport(
+            self,
+            protocol_factory,
+            lambda protocol, waiter: WritePipeTransport(self, pipe, protocol, waiter),
+        )

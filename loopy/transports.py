@@ -527,6 +527,28 @@ class SocketTransport(FileTransport, FlowControl, asyncio.Transport):
 _LOST = asyncio.Protocol()
 
 
+async def start_transport(
+    loop: Any,
+    protocol_factory: Callable[[], asyncio.BaseProtocol],
+    make_transport: Callable[[asyncio.BaseProtocol, asyncio.Future[None]], Any],
+) -> tuple[Any, Any]:
+    """Make a protocol and its transport; return both once ``connection_made`` has run.
+
+    ``make_transport(protocol, waiter)`` builds the transport, which sets
+    ``waiter`` once the protocol knows it.  If waiting fails (cancelled, or a
+    TLS handshake error), the transport is closed before the error goes on.
+    """
+    protocol = protocol_factory()
+    waiter: asyncio.Future[None] = loop.create_future()
+    transport = make_transport(protocol, waiter)
+    try:
+        await waiter
+    except BaseException:
+        transport.close()
+        raise
+    return transport, protocol
+
+
 def _resolve_waiter(waiter: asyncio.Future[None]) -> None:
     if not waiter.cancelled():
         waiter.set_result(None)

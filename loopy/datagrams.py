@@ -106,6 +106,7 @@ class DatagramTransport(FileTransport, FlowControl, asyncio.DatagramTransport, a
         return self._sock
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """Hand the next datagrams and events to ``protocol`` instead."""
         self._protocol = protocol
 
     # -- receiving -----------------------------------------------------------
@@ -214,6 +215,7 @@ class DatagramTransport(FileTransport, FlowControl, asyncio.DatagramTransport, a
             self._lose_connection(None)
 
     def get_write_buffer_size(self) -> int:
+        """Bytes of the datagrams queued because the socket would block."""
         return self._buffer_size
 
     # -- closing ----------------------------------------------------------------

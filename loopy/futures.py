@@ -172,6 +172,7 @@ class Future(Generic[_T]):
         return self._state is not _PENDING
 
     def cancelled(self) -> bool:
+        """True if the future was cancelled (a result or an exception is not a cancellation)."""
         return self._state is _CANCELLED
 
     def result(self) -> _T:
@@ -214,6 +215,7 @@ class Future(Generic[_T]):
     # ------------------------------------------------------------------
 
     def set_result(self, result: _T) -> None:
+        """Complete with ``result`` and schedule the done callbacks; InvalidStateError if done."""
         if self._state is not _PENDING:
             raise InvalidStateError(f"{self._state}: {self!r}")
         self._result = result

@@ -104,9 +104,11 @@ class Handle(asyncio.Handle):
             self._args = ()
 
     def cancelled(self) -> bool:
+        """True once :meth:`cancel` was called."""
         return self._cancelled
 
     def get_context(self) -> contextvars.Context:
+        """The :class:`contextvars.Context` the callback runs in."""
         return self._context
 
     def _run(self) -> None:
@@ -179,6 +181,7 @@ class TimerHandle(Handle, asyncio.TimerHandle):
         return self._when
 
     def cancel(self) -> None:
+        """Cancel the timer; the loop counts it, and rebuilds its heap once most are cancelled."""
         if self._cancelled:
             return
         super().cancel()

@@ -4,28 +4,22 @@ An *instrument* is any object with some of the methods of :class:`Instrument`.
 ``loop.add_instrument(obj)`` attaches it, and from then on the loop calls the
 methods it has at each point of its work:
 
-================================  ===============================================
-hook                              called
-================================  ===============================================
-``iteration_started(loop)``       at the top of every iteration of ``_run_once``
-``wait_started(loop, timeout)``   right before ``select(timeout)``
-``wait_finished(loop, events)``   right after it, with ``[(fd, mask), ...]``
-                                  (``mask``: ``selectors.EVENT_READ``/``EVENT_WRITE``)
-``timer_fired(loop, handle,       when a due timer moves to the ready queue;
-lateness)``                       ``lateness`` is seconds past its deadline
-``callback_started(loop, handle)``  before each callback (a task step is one)
-``callback_finished(loop,         after it
-handle)``
-``iteration_finished(loop)``      at the end of every iteration
-``timer_scheduled(loop, handle)`` from ``call_at``/``call_later``
-``task_created(loop, task,        from ``create_task``; ``parent`` is the task
-parent)``                         that was running, or None
-``task_finished(loop, task)``     when a task created by ``create_task`` is done
-``signal_received(loop, signum)`` when a signal with a handler arrives
-``exception_reported(loop,        from ``call_exception_handler``
-context)``
-``loop_closed(loop)``             from ``close()``, before anything is released
-================================  ===============================================
+* ``iteration_started(loop)``: at the top of every iteration of ``_run_once``
+* ``wait_started(loop, timeout)``: right before ``select(timeout)``
+* ``wait_finished(loop, events)``: right after it, with ``[(fd, mask), ...]``
+  (``mask``: ``selectors.EVENT_READ``/``EVENT_WRITE``)
+* ``timer_fired(loop, handle, lateness)``: when a due timer moves to the ready
+  queue; ``lateness`` is seconds past its deadline
+* ``callback_started(loop, handle)``: before each callback (a task step is one)
+* ``callback_finished(loop, handle)``: after it
+* ``iteration_finished(loop)``: at the end of every iteration
+* ``timer_scheduled(loop, handle)``: from ``call_at``/``call_later``
+* ``task_created(loop, task, parent)``: from ``create_task``; ``parent`` is the
+  task that was running, or None
+* ``task_finished(loop, task)``: when a task created by ``create_task`` is done
+* ``signal_received(loop, signum)``: when a signal with a handler arrives
+* ``exception_reported(loop, context)``: from ``call_exception_handler``
+* ``loop_closed(loop)``: from ``close()``, before anything is released
 
 Cost: the loop keeps ``None`` instead of a hook table while no instrument is
 attached, and checks it a few times per iteration; attaching one switches the
@@ -66,31 +60,47 @@ class Instrument:
     Subclassing is optional; any object with some of these methods works.
     """
 
-    def iteration_started(self, loop: Any) -> None: ...
+    def iteration_started(self, loop: Any) -> None:
+        """At the top of every iteration of ``_run_once``."""
 
-    def wait_started(self, loop: Any, timeout: float | None) -> None: ...
+    def wait_started(self, loop: Any, timeout: float | None) -> None:
+        """Right before ``select(timeout)``; ``timeout`` None means no limit."""
 
-    def wait_finished(self, loop: Any, events: list[tuple[int, int]]) -> None: ...
+    def wait_finished(self, loop: Any, events: list[tuple[int, int]]) -> None:
+        """Right after ``select()``, with the descriptors it reported: ``[(fd, mask), ...]``.
 
-    def timer_fired(self, loop: Any, handle: Any, lateness: float) -> None: ...
+        ``mask`` is ``selectors.EVENT_READ``, ``EVENT_WRITE`` or both.
+        """
 
-    def callback_started(self, loop: Any, handle: Any) -> None: ...
+    def timer_fired(self, loop: Any, handle: Any, lateness: float) -> None:
+        """A due timer moved to the ready queue, ``lateness`` seconds past its deadline."""
 
-    def callback_finished(self, loop: Any, handle: Any) -> None: ...
+    def callback_started(self, loop: Any, handle: Any) -> None:
+        """Before each callback of the ready queue (a task step is one)."""
 
-    def iteration_finished(self, loop: Any) -> None: ...
+    def callback_finished(self, loop: Any, handle: Any) -> None:
+        """After that callback has run."""
 
-    def timer_scheduled(self, loop: Any, handle: Any) -> None: ...
+    def iteration_finished(self, loop: Any) -> None:
+        """At the end of every iteration."""
 
-    def task_created(self, loop: Any, task: Any, parent: Any) -> None: ...
+    def timer_scheduled(self, loop: Any, handle: Any) -> None:
+        """From ``call_at``/``call_later``, with the new timer's handle."""
 
-    def task_finished(self, loop: Any, task: Any) -> None: ...
+    def task_created(self, loop: Any, task: Any, parent: Any) -> None:
+        """From ``create_task``; ``parent`` is the task that was running, or None."""
 
-    def signal_received(self, loop: Any, signum: int) -> None: ...
+    def task_finished(self, loop: Any, task: Any) -> None:
+        """When a task created by ``create_task`` is done."""
 
-    def exception_reported(self, loop: Any, context: dict[str, Any]) -> None: ...
+    def signal_received(self, loop: Any, signum: int) -> None:
+        """When a signal with a handler (``add_signal_handler``) arrives."""
 
-    def loop_closed(self, loop: Any) -> None: ...
+    def exception_reported(self, loop: Any, context: dict[str, Any]) -> None:
+        """From ``call_exception_handler``, with its context dict."""
+
+    def loop_closed(self, loop: Any) -> None:
+        """From ``close()``, before anything is released."""
 
 
 def _defines(instrument: object, name: str) -> bool:
@@ -130,6 +140,7 @@ class Hooks:
         self.watches_callbacks = False
 
     def add(self, instrument: object) -> None:
+        """Attach ``instrument``: file each hook it defines (attaching it twice does nothing)."""
         if instrument in self.instruments:
             return
         self.instruments.append(instrument)

@@ -199,12 +199,14 @@ class ReadPipeTransport(_PipeTransport, asyncio.ReadTransport):
         self._loop._remove_reader(self._fd)
 
     def resume_reading(self) -> None:
+        """Watch the pipe again after :meth:`pause_reading`: ``data_received`` resumes."""
         if self._closing or not self._reading_paused:
             return
         self._reading_paused = False
         self._loop._add_reader(self._fd, self._on_readable)
 
     def is_reading(self) -> bool:
+        """True unless reading is paused or the transport is closing."""
         return not self._closing and not self._reading_paused
 
     def close(self) -> None:
@@ -281,6 +283,7 @@ class WritePipeTransport(_PipeTransport, FlowControl, asyncio.WriteTransport):
         self._maybe_pause_protocol()
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Write the pieces joined: one ``write``, so one attempt to send."""
         self.write(b"".join(list_of_data))
 
     def _on_writable(self) -> None:
@@ -302,11 +305,13 @@ class WritePipeTransport(_PipeTransport, FlowControl, asyncio.WriteTransport):
             self._lose_connection(None)
 
     def get_write_buffer_size(self) -> int:
+        """Bytes waiting in the buffer for the pipe to have room."""
         return len(self._buffer)
 
     # -- closing ----------------------------------------------------------------
 
     def can_write_eof(self) -> bool:
+        """True: :meth:`write_eof` closes the pipe once the buffer is written."""
         return True
 
     def write_eof(self) -> None:

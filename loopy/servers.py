@@ -77,14 +77,17 @@ class Server(asyncio.AbstractServer):
         return f"<{type(self).__name__} sockets={self.sockets!r}>"
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop that accepts this server's connections."""
         loop: asyncio.AbstractEventLoop = self._loop
         return loop
 
     def is_serving(self) -> bool:
+        """True while the server accepts connections: from start_serving until close."""
         return self._serving
 
     @property
     def sockets(self) -> tuple[TransportSocket, ...]:
+        """The listening sockets, wrapped in asyncio's ``TransportSocket``; empty once closed."""
         if self._sockets is None:
             return ()
         return tuple(TransportSocket(sock) for sock in self._sockets)
@@ -92,6 +95,7 @@ class Server(asyncio.AbstractServer):
     # -- accepting ------------------------------------------------------------
 
     async def start_serving(self) -> None:
+        """Start accepting, if not yet; return one iteration later, with the listeners watched."""
         self._start_serving()
         # Give the loop one iteration, so that a client connecting right
         # after this returns finds the reader in place.

@@ -168,9 +168,11 @@ class SubprocessTransport(asyncio.SubprocessTransport):
     # -- the protocol ----------------------------------------------------------
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """Hand the child's output and exit to ``protocol`` instead."""
         self._protocol = protocol
 
     def get_protocol(self) -> asyncio.BaseProtocol:
+        """The protocol that receives the child's output and exit."""
         protocol: asyncio.BaseProtocol = self._protocol
         return protocol
 
@@ -185,6 +187,7 @@ class SubprocessTransport(asyncio.SubprocessTransport):
     # -- the process -----------------------------------------------------------
 
     def get_pid(self) -> int:
+        """The child's process id."""
         return self._pid
 
     def get_returncode(self) -> int | None:
@@ -204,9 +207,11 @@ class SubprocessTransport(asyncio.SubprocessTransport):
         self._proc.send_signal(signal)
 
     def terminate(self) -> None:
+        """Send the child SIGTERM (see :meth:`send_signal`)."""
         self.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
+        """Send the child SIGKILL (see :meth:`send_signal`)."""
         self.send_signal(signal.SIGKILL)
 
     def _on_pidfd_readable(self) -> None:
@@ -252,6 +257,7 @@ class SubprocessTransport(asyncio.SubprocessTransport):
     # -- closing ----------------------------------------------------------------
 
     def is_closing(self) -> bool:
+        """True once :meth:`close` was called."""
         return self._closed
 
     def close(self) -> None:

@@ -312,21 +312,27 @@ class Task(Future[_T]):
     # ------------------------------------------------------------------
 
     def set_result(self, result: _T) -> None:
+        """Refused (RuntimeError): a task's result is what its coroutine returns."""
         raise RuntimeError("Task does not support set_result operation")
 
     def set_exception(self, exception: type[BaseException] | BaseException) -> None:
+        """Refused (RuntimeError): a task's exception is what its coroutine raises."""
         raise RuntimeError("Task does not support set_exception operation")
 
     def get_coro(self) -> Coroutine[Any, Any, _T] | Generator[Any, None, _T]:
+        """The coroutine this task drives."""
         return self._coro
 
     def get_context(self) -> contextvars.Context:
+        """The :class:`contextvars.Context` every step of the coroutine runs in."""
         return self._context
 
     def get_name(self) -> str:
+        """The task's name: the one given, or ``Task-N``."""
         return self._name
 
     def set_name(self, value: object) -> None:
+        """Rename the task (``str(value)``); shown in its repr and in traces."""
         self._name = str(value)
 
     def get_stack(self, *, limit: int | None = None) -> list[FrameType]:

@@ -80,6 +80,7 @@ class ThreadMethods:
         return asyncio.wrap_future(executor.submit(func, *args), loop=self)  # type: ignore[arg-type]
 
     def set_default_executor(self, executor: concurrent.futures.Executor) -> None:
+        """Use ``executor`` for ``run_in_executor(None, ...)``; it must be a ThreadPoolExecutor."""
         if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
             raise TypeError("executor must be ThreadPoolExecutor")
         self._default_executor = executor

@@ -87,9 +87,11 @@ class FlowControl:
     _loop: Any
 
     def get_write_buffer_size(self) -> int:
+        """Bytes written but not yet sent; each transport counts its own buffer."""
         raise NotImplementedError
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
+        """The water marks, ``(low, high)``, in bytes."""
         return (self._low_water, self._high_water)
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
@@ -172,9 +174,11 @@ class FileTransport:
             file.close()
 
     def get_protocol(self) -> asyncio.BaseProtocol:
+        """The protocol this transport calls (``data_received``, ``connection_lost``...)."""
         return self._protocol
 
     def is_closing(self) -> bool:
+        """True once the transport is closing or closed (``close()``, ``abort()``, an error...)."""
         return self._closing
 
 
@@ -341,12 +345,14 @@ class SocketTransport(FileTransport, FlowControl, asyncio.Transport):
         self._stop_reading()
 
     def resume_reading(self) -> None:
+        """Watch the socket again after :meth:`pause_reading`: ``data_received`` resumes."""
         if self._closing or not self._reading_paused:
             return
         self._reading_paused = False
         self._start_reading()
 
     def is_reading(self) -> bool:
+        """True unless reading is paused or the transport is closing."""
         return not self._closing and not self._reading_paused
 
     # -- writing -------------------------------------------------------------
@@ -389,6 +395,7 @@ class SocketTransport(FileTransport, FlowControl, asyncio.Transport):
         self._maybe_pause_protocol()
 
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Write the pieces joined: one :meth:`write`, so one ``send()`` attempt."""
         self.write(b"".join(list_of_data))
 
     def _on_writable(self) -> None:
@@ -435,9 +442,11 @@ class SocketTransport(FileTransport, FlowControl, asyncio.Transport):
             self._fatal_error(exc, "Fatal error on socket.shutdown()")
 
     def can_write_eof(self) -> bool:
+        """True: a stream socket can shut down its sending side (:meth:`write_eof`)."""
         return True
 
     def get_write_buffer_size(self) -> int:
+        """Bytes written but not yet sent, waiting for the socket to have room."""
         return len(self._write_buffer)
 
     # -- closing ----------------------------------------------------------------

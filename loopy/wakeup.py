@@ -63,5 +63,6 @@ class Waker:
         return b"".join(chunks)
 
     def close(self) -> None:
+        """Close both ends of the socketpair (the loop stops watching the reading end first)."""
         self._reader.close()
         self._writer.close()

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -215,3 +216,46 @@ def test_fetch_reports_errors() -> None:
     assert "https://example.com/ -> error: ValueError: only http://" in output
     assert "fetched 0 of 2" in output
     assert "Traceback" not in output
+
+
+def read_until(program: Program, text: str) -> str:
+    """Read lines until one contains ``text``; return it (fail after DEADLINE seconds)."""
+    deadline = time.monotonic() + DEADLINE
+    while time.monotonic() < deadline:
+        line = program.next_line()
+        if text in line:
+            return line
+    raise AssertionError(f"no line with {text!r} in {DEADLINE} s: {''.join(program.output)}")
+
+
+def test_seed() -> None:
+    program = Program("seed", "--port", "0", "--interval", "0.1")
+    try:
+        port = program.port()
+        read_until(program, "Count: 0")
+        with connect(port) as a, connect(port) as b:
+            a_addr = f"127.0.0.1:{a.getsockname()[1]}"
+            b_addr = f"127.0.0.1:{b.getsockname()[1]}"
+            read_until(program, f"accept {a_addr}")
+            read_until(program, f"accept {b_addr}")
+            a.sendall(b"hello\n")
+            read_until(program, f"{a_addr} sent b'hello\\n'")
+            read_until(program, "Count: ")  # ticking on while clients are connected
+            b.sendall(b"from b")
+            read_until(program, f"{b_addr} sent b'from b'")
+            a.close()
+            read_until(program, f"closed {a_addr}")
+            # Ctrl-C with b still connected: b is closed, and the program exits 0.
+            program.proc.send_signal(signal.SIGINT)
+            assert b.recv(1) == b""
+        code, output = program.finish()
+    finally:
+        program.kill()
+    assert code == 0, output
+    assert "Traceback" not in output, output
+    lines = output.splitlines()
+    assert lines[-1].endswith(" bye")
+    assert all(line.split()[2] == "MainThread" for line in lines), output
+    counts = [int(line.rsplit(" ", 1)[1]) for line in lines if " Count: " in line]
+    assert counts == list(range(len(counts)))
+    assert len(counts) >= 2

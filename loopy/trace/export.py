@@ -4,24 +4,20 @@ The Trace Event Format is a JSON object ``{"traceEvents": [...]}`` where each
 event has a ``name``, a category ``cat``, a phase ``ph``, a timestamp ``ts``
 in microseconds, a process ``pid`` and a thread ``tid``.  A loopy trace uses:
 
-=========  ==========================================================  =========
-``ph``     what                                                        track
-=========  ==========================================================  =========
-``X``      a wait in ``select()`` (cat ``wait``) and every callback     loop
-           (cat = its kind: ``callback``, ``task-step``, ``io``,
-           ``timer``), with ``dur``
-``X``      each iteration (cat ``iteration``), so you see where one     iterations
-           ends and the next begins, and how much of it was waiting
-``i``      I/O readiness (``io``), timer firings (``timer``), timers    loop
-           scheduled, signals, errors
-``C``      counters sampled as each iteration starts: ready queue,     loop
-           registered file descriptors
-``b``/``e``  a task's life, creation to completion (cat ``task``,      loop
-           paired by ``id``)
-``s``/``f``  an arrow from the step that created a task to the         loop
-           task's first step
-``M``      names of the process and the two tracks
-=========  ==========================================================  =========
+* ``X`` (a span, with ``dur``), on the loop track: a wait in ``select()``
+  (cat ``wait``) and every callback (cat = its kind: ``callback``,
+  ``task-step``, ``io``, ``timer``)
+* ``X`` on the iterations track: each iteration (cat ``iteration``), so you
+  see where one ends and the next begins, and how much of it was waiting
+* ``i`` (an instant), on the loop track: I/O readiness (``io``), timer
+  firings (``timer``), timers scheduled, signals, errors
+* ``C`` (counters), on the loop track: sampled as each iteration starts, the
+  ready queue's length and the registered file descriptors
+* ``b``/``e``, on the loop track: a task's life, creation to completion (cat
+  ``task``, paired by ``id``)
+* ``s``/``f``, on the loop track: an arrow from the step that created a task
+  to the task's first step
+* ``M``: the names of the process and of the two tracks
 
 ``otherData`` carries the wall-clock time the trace started (so trace times
 line up with log times), how many events the ring buffer dropped, and the

@@ -86,6 +86,7 @@ class Stall:
     task_done: bool = False
 
     def format(self, threshold: float | None = None) -> str:
+        """The stall as a few lines of text: what blocked, for how long, and where."""
         limit = f" (threshold {threshold:.3f} s)" if threshold is not None else ""
         lines = [f"Loop blocked for {self.duration:.3f} s{limit} by {self.name}"]
         if self.task is None:
@@ -133,6 +134,7 @@ class StallDetector(_Attachable):
         self._running: tuple[Any, Any, float, Any, tuple[Location, ...], str] | None = None
 
     def callback_started(self, loop: Any, handle: Any) -> None:
+        """Note the callback and, for a task step, where the task resumes."""
         # The callback is kept now: one that cancels its own handle (a reader
         # removing itself) leaves ``handle._callback`` None.
         callback = handle._callback
@@ -142,6 +144,7 @@ class StallDetector(_Attachable):
         self._running = (handle, callback, loop.time(), task, resumed, handle_label(handle))
 
     def callback_finished(self, loop: Any, handle: Any) -> None:
+        """Report the callback if it ran longer than ``threshold``."""
         running, self._running = self._running, None
         if running is None or running[0] is not handle:
             return
@@ -230,16 +233,20 @@ class LoadMonitor(_Attachable):
     # The hooks
 
     def iteration_started(self, loop: Any) -> None:
+        """Start timing an iteration."""
         self._iteration_start = loop.time()
         self._wait_start = self._wait_end = None
 
     def wait_started(self, loop: Any, timeout: float | None) -> None:
+        """The idle part of the iteration begins."""
         self._wait_start = loop.time()
 
     def wait_finished(self, loop: Any, events: list[tuple[int, int]]) -> None:
+        """The idle part of the iteration ends."""
         self._wait_end = loop.time()
 
     def iteration_finished(self, loop: Any) -> None:
+        """Add the iteration to the totals and the window; drop samples older than ``window``."""
         start = self._iteration_start
         if start is None:  # attached mid-iteration
             return

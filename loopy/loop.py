@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, TypeVarTuple, Unpack, c
 
 from .connections import ConnectionMethods
 from .datagrams import DatagramMethods
+from .epoll import default_selector
 from .futures import Future as LoopyFuture
 from .handles import DEBUG_STACK_DEPTH, Handle, TimerHandle
 from .instruments import Hooks
@@ -141,7 +142,7 @@ class Loop(
         clock: Callable[[], float] = time.monotonic,
         tasks: str | None = None,
     ) -> None:
-        self._selector = selector if selector is not None else selectors.DefaultSelector()
+        self._selector = selector if selector is not None else default_selector()
         self._clock = clock
         # Timers whose deadline is within this much of "now" count as due:
         # the clock cannot tell them apart from "now" anyway.
@@ -185,8 +186,10 @@ class Loop(
         self._asyncgens: weakref.WeakSet[AsyncGenerator[Any, Any]] = weakref.WeakSet()
         self._asyncgens_shutdown_called = False
 
-        # How many descriptors the selector watches, the wake-up socket included.
-        self._watched_fds = 0
+        # Every watched descriptor, the wake-up socket included, by number.
+        # Invariant: exactly these are registered with the selector, each
+        # with its Watch as data.
+        self._watches: dict[int, Watch] = {}
         self._waker = Waker()
         self.add_reader(self._waker.fileno(), self._on_wakeup)
         SignalMethods.__init__(self)
@@ -223,14 +226,20 @@ class Loop(
         elif timers:
             self._drop_cancelled_head_timers()
             if timers:
-                timeout = min(max(0.0, timers[0][0] - self._clock()), MAXIMUM_SELECT_TIMEOUT)
+                # (Comparisons, not min()/max(): those builtins cost several
+                # times more, once per iteration.)
+                timeout = timers[0][0] - self._clock()
+                if timeout < 0.0:
+                    timeout = 0.0
+                elif timeout > MAXIMUM_SELECT_TIMEOUT:
+                    timeout = MAXIMUM_SELECT_TIMEOUT
             else:
                 timeout = None
         else:
             timeout = None
 
         # 2. Wait for I/O, and queue the callbacks of the descriptors that are ready.
-        if timeout == 0 and self._watched_fds == 1 and not self._signal_handlers:
+        if timeout == 0 and len(self._watches) == 1 and not self._signal_handlers:
             # Only the wake-up socket is watched, and it carries nothing we
             # could miss (threadsafe callbacks are queued already): skip the
             # system call.  This makes a busy callback chain several times faster.
@@ -244,11 +253,11 @@ class Loop(
             if hooks.wait_finished:
                 hooks.call("wait_finished", self, [(key.fd, mask) for key, mask in events])
         for key, mask in events:
-            reader, writer = key.data
-            if mask & selectors.EVENT_READ and reader is not None:
-                ready.append(reader)
-            if mask & selectors.EVENT_WRITE and writer is not None:
-                ready.append(writer)
+            watch = key.data
+            if mask & selectors.EVENT_READ:
+                ready.append(watch.reader)
+            if mask & selectors.EVENT_WRITE:
+                ready.append(watch.writer)
 
         # 3. Move every due timer to the ready queue, earliest first.
         if timers:
@@ -390,9 +399,11 @@ class Loop(
         self._stopping = True
 
     def is_running(self) -> bool:
+        """True while :meth:`run_forever` (or ``run_until_complete``) runs iterations."""
         return self._thread_id is not None
 
     def is_closed(self) -> bool:
+        """True once :meth:`close` was called; a closed loop runs nothing more."""
         return self._closed
 
     def close(self) -> None:
@@ -412,8 +423,10 @@ class Loop(
         self._cancelled_timers = 0
         SignalMethods._close(self)
         ThreadMethods._close(self)
-        self._selector.unregister(self._waker.fileno())
         self._waker.close()
+        # What is still watched stays open (it belongs to its owner), but
+        # the loop lets go of it and of the callbacks that waited on it.
+        self._watches.clear()
         self._selector.close()
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
@@ -507,9 +520,9 @@ class Loop(
     # Watching file descriptors
     # ------------------------------------------------------------------
     #
-    # Each registered descriptor carries ``(reader, writer)`` as its selector
-    # data: the handle to queue when it is readable and the one to queue when
-    # it is writable (None when nobody watches that direction).
+    # Each registered descriptor has a Watch (below) in ``_watches`` and as
+    # its selector data: the handle to queue when it is readable and the one
+    # to queue when it is writable.
 
     def add_reader(
         self, fd: FileDescriptorLike, callback: Callable[[Unpack[_Ts]], object], *args: *_Ts
@@ -575,59 +588,64 @@ class Loop(
         """``remove_writer`` for the descriptor's own transport."""
         return self._unwatch(fd, selectors.EVENT_WRITE)
 
-    def _watch(self, fd: FileDescriptorLike, event: int, handle: Handle) -> None:
-        try:
-            key = self._selector.get_key(fd)
-        except KeyError:
-            key = None
-        if key is not None and _is_closed_socket(key.fileobj):
+    def _watch(self, fileobj: FileDescriptorLike, event: int, handle: Handle) -> None:
+        fd = fd_of(fileobj)
+        watch = self._watches.get(fd)
+        if watch is not None and _is_closed_socket(watch.fileobj):
             # Left by a socket that was closed before its registration was
             # removed (sock_recv removes its own an iteration late), and the
             # number is now another socket's.  The kernel dropped the old
             # registration with the old socket: start afresh.
-            self._selector.unregister(key.fileobj)
-            self._watched_fds -= 1
-            for stale in key.data:
-                if stale is not None:
-                    stale.cancel()
-            key = None
-        if key is None:
-            data = (handle, None) if event == selectors.EVENT_READ else (None, handle)
-            self._selector.register(fd, event, data)
-            self._watched_fds += 1
-            return
-        reader, writer = key.data
+            self._forget(fd, watch)
+            watch = None
+        if watch is None:
+            watch = self._watches[fd] = Watch(fileobj, event)
+            try:
+                self._selector.register(fileobj, event, watch)
+            except BaseException:
+                del self._watches[fd]
+                raise
+        elif not watch.events & event:
+            self._selector.modify(watch.fileobj, watch.events | event, watch)
+            watch.events |= event
+        # Already watched in this direction: only the handle changes, and the
+        # selector need not hear of it (sock_recv in a loop lands here).
         if event == selectors.EVENT_READ:
-            old, data = reader, (handle, writer)
+            old, watch.reader = watch.reader, handle
         else:
-            old, data = writer, (reader, handle)
-        self._selector.modify(fd, key.events | event, data)
+            old, watch.writer = watch.writer, handle
         if old is not None:
             old.cancel()
 
-    def _unwatch(self, fd: FileDescriptorLike, event: int) -> bool:
+    def _unwatch(self, fileobj: FileDescriptorLike, event: int) -> bool:
         if self._closed:
             return False
-        try:
-            key = self._selector.get_key(fd)
-        except KeyError:
+        watch = self._watches.get(fd_of(fileobj))
+        if watch is None or not watch.events & event:
             return False
-        reader, writer = key.data
         if event == selectors.EVENT_READ:
-            old, data = reader, (None, writer)
+            old, watch.reader = watch.reader, None
         else:
-            old, data = writer, (reader, None)
-        remaining = key.events & ~event
+            old, watch.writer = watch.writer, None
+        remaining = watch.events & ~event
         if remaining:
-            self._selector.modify(fd, remaining, data)
+            self._selector.modify(watch.fileobj, remaining, watch)
+            watch.events = remaining
         else:
-            self._selector.unregister(fd)
-            self._watched_fds -= 1
-        if old is None:
-            return False
+            self._forget(fd_of(fileobj), watch)
         # A handle already queued for this iteration must not run any more.
+        assert old is not None
         old.cancel()
         return True
+
+    def _forget(self, fd: int, watch: Watch) -> None:
+        """Stop watching ``fd`` in both directions."""
+        del self._watches[fd]
+        # (The selector finds a closed socket, whose fileno() is -1, by identity.)
+        self._selector.unregister(watch.fileobj)
+        for handle in (watch.reader, watch.writer):
+            if handle is not None:
+                handle.cancel()
 
     # ------------------------------------------------------------------
     # Futures and tasks
@@ -672,6 +690,7 @@ class Loop(
         self._task_factory = factory
 
     def get_task_factory(self) -> Any:
+        """The factory given to :meth:`set_task_factory`, or None (the task mode's Task)."""
         return self._task_factory
 
     # ------------------------------------------------------------------
@@ -679,6 +698,7 @@ class Loop(
     # ------------------------------------------------------------------
 
     def get_exception_handler(self) -> Callable[[Any, dict[str, Any]], object] | None:
+        """The handler given to :meth:`set_exception_handler`, or None (errors are logged)."""
         return self._exception_handler
 
     def set_exception_handler(
@@ -752,6 +772,7 @@ class Loop(
     # ------------------------------------------------------------------
 
     def get_debug(self) -> bool:
+        """Whether debug mode is on (see :meth:`set_debug`)."""
         return self._debug
 
     def set_debug(self, enabled: bool) -> None:
@@ -836,6 +857,40 @@ class Loop(
                         "asyncgen": agen,
                     }
                 )
+
+
+class Watch:
+    """What the loop waits for on one file descriptor: its selector data.
+
+    ``reader`` is queued each iteration the descriptor is readable, ``writer``
+    each iteration it is writable; ``events`` says which of the two the
+    selector was asked to watch (a handle is set for each of them).  The
+    object is mutable on purpose: replacing a handle (``sock_recv`` in a
+    loop does it for every message) costs two attribute stores, not a
+    selector call.
+    """
+
+    __slots__ = ("events", "fileobj", "reader", "writer")
+
+    def __init__(self, fileobj: FileDescriptorLike, events: int) -> None:
+        self.fileobj = fileobj  # as registered, to unregister it the same way
+        self.events = events
+        self.reader: Handle | None = None
+        self.writer: Handle | None = None
+
+
+def fd_of(fileobj: FileDescriptorLike) -> int:
+    """The descriptor number of ``fileobj`` (an int, or an object with ``fileno()``)."""
+    if isinstance(fileobj, int):
+        fd = fileobj
+    else:
+        try:
+            fd = int(fileobj.fileno())
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(f"Invalid file object: {fileobj!r}") from None
+    if fd < 0:
+        raise ValueError(f"Invalid file descriptor: {fd}")
+    return fd
 
 
 def _is_closed_socket(fileobj: object) -> bool:

@@ -21,7 +21,6 @@ names; :func:`describe` reads the loop's private state (``_ready``,
 from __future__ import annotations
 
 import asyncio
-import selectors
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -168,6 +167,7 @@ class LoopSnapshot:
     tasks: tuple[TaskInfo, ...]
 
     def format(self) -> str:
+        """The snapshot as text: ready queue, timers, descriptors, and where each task waits."""
         state = "running" if self.running else "not running"
         lines = [f"loop at time {self.time:.3f} ({state})"]
         lines.append(f"ready queue ({len(self.ready)}):")
@@ -214,20 +214,17 @@ def snapshot(loop: Any) -> LoopSnapshot:
 
 
 def _watched_fds(loop: Any) -> tuple[FdInfo, ...]:
-    """Each registered descriptor; its selector data is ``(reader, writer)`` handles."""
+    """Each watched descriptor, with the handles waiting for it to be readable or writable."""
     if loop.is_closed():
         return ()
-    infos = []
-    for key in sorted(loop._selector.get_map().values(), key=lambda k: k.fd):
-        reader, writer = key.data
-        infos.append(
-            FdInfo(
-                key.fd,
-                handle_label(reader) if key.events & selectors.EVENT_READ and reader else None,
-                handle_label(writer) if key.events & selectors.EVENT_WRITE and writer else None,
-            )
+    return tuple(
+        FdInfo(
+            fd,
+            handle_label(watch.reader) if watch.reader else None,
+            handle_label(watch.writer) if watch.writer else None,
         )
-    return tuple(infos)
+        for fd, watch in sorted(loop._watches.items())
+    )
 
 
 def _pending_tasks(loop: Any) -> tuple[TaskInfo, ...]:

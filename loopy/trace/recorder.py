@@ -57,24 +57,19 @@ class TraceEvent(NamedTuple):
 
     ``type`` is one of:
 
-    ===================  ============================================  ==========================
-    type                 what                                          ``args``
-    ===================  ============================================  ==========================
-    ``iteration``        one pass of ``_run_once`` (a span)            ``n``, ``wait``,
-                                                                       ``callbacks``
-    ``wait``             ``select(timeout)`` (a span)                  ``timeout``, ``ready``:
-                                                                       ``((fd, "read"), ...)``
-    one of STEP_KINDS    a callback run (a span)                       ``task`` (task number) or
-                                                                       ``fd``, or nothing
-    ``counters``         queue sizes as an iteration starts            ``ready``, ``fds``
-    ``timer-fired``      a due timer moved to the ready queue          ``lateness`` (s)
-    ``timer-scheduled``  ``call_later``/``call_at``                    ``delay`` (s)
-    ``task-created``     ``create_task``                               ``task``, ``parent``
-    ``task-finished``    a task is done                                ``task``, ``outcome``,
-                                                                       ``exception``
-    ``signal``           a handled signal arrived                      ``signum``
-    ``exception``        the loop reported an error                    ``exception``
-    ===================  ============================================  ==========================
+    * ``iteration``: one pass of ``_run_once`` (a span); args ``n``, ``wait``,
+      ``callbacks``
+    * ``wait``: ``select(timeout)`` (a span); args ``timeout``, ``ready``:
+      ``((fd, "read"), ...)``
+    * one of ``STEP_KINDS``: a callback run (a span); args ``task`` (task
+      number) or ``fd``, or nothing
+    * ``counters``: queue sizes as an iteration starts; args ``ready``, ``fds``
+    * ``timer-fired``: a due timer moved to the ready queue; args ``lateness`` (s)
+    * ``timer-scheduled``: ``call_later``/``call_at``; args ``delay`` (s)
+    * ``task-created``: ``create_task``; args ``task``, ``parent``
+    * ``task-finished``: a task is done; args ``task``, ``outcome``, ``exception``
+    * ``signal``: a handled signal arrived; args ``signum``
+    * ``exception``: the loop reported an error; args ``exception``
 
     ``duration`` is None for instants.  A span still open when the recorder
     is detached is closed then, with ``partial: True`` in its args.
@@ -190,6 +185,7 @@ class TraceRecorder(Instrument):
 
     @property
     def attached(self) -> bool:
+        """True while the recorder is attached to a loop."""
         return self.loop is not None
 
     @property
@@ -230,19 +226,22 @@ class TraceRecorder(Instrument):
     # ------------------------------------------------------------------
 
     def iteration_started(self, loop: Any) -> None:
+        """Open the iteration's span; record the ready queue's and the selector's sizes."""
         now = self.now()
         self._iteration_start = now
         self._iteration_wait = 0.0
         self._iteration_callbacks = 0
         self._io_handles.clear()
-        sizes = {"ready": len(loop._ready), "fds": len(loop._selector.get_map())}
+        sizes = {"ready": len(loop._ready), "fds": len(loop._watches)}
         self._add("counters", now, None, "counters", sizes)
 
     def wait_started(self, loop: Any, timeout: float | None) -> None:
+        """Open the span of the wait in ``select()``."""
         self._wait_start = self.now()
         self._wait_timeout = timeout
 
     def wait_finished(self, loop: Any, events: list[tuple[int, int]]) -> None:
+        """Record the wait and the descriptors it reported ready."""
         start = self._wait_start
         if start is None:  # attached between the two hooks
             return
@@ -258,17 +257,19 @@ class TraceRecorder(Instrument):
     def _remember_io_handles(self, loop: Any, events: list[tuple[int, int]]) -> None:
         """Note which handles select() queued, so their callbacks count as ``io``."""
         for fd, mask in events:
-            # The selector returned this fd a moment ago: it is registered.
-            reader, writer = loop._selector.get_key(fd).data
-            if mask & selectors.EVENT_READ and reader is not None:
-                self._io_handles[id(reader)] = fd
-            if mask & selectors.EVENT_WRITE and writer is not None:
-                self._io_handles[id(writer)] = fd
+            # The selector returned this fd a moment ago: it is watched.
+            watch = loop._watches[fd]
+            if mask & selectors.EVENT_READ and watch.reader is not None:
+                self._io_handles[id(watch.reader)] = fd
+            if mask & selectors.EVENT_WRITE and watch.writer is not None:
+                self._io_handles[id(watch.writer)] = fd
 
     def timer_fired(self, loop: Any, handle: Any, lateness: float) -> None:
+        """Record a due timer and how late it fired."""
         self._add("timer-fired", self.now(), None, handle_label(handle), {"lateness": lateness})
 
     def callback_started(self, loop: Any, handle: Any) -> None:
+        """Open the callback's span, and name it: a task step, I/O, a timer or a plain callback."""
         # Named now: a callback may cancel its own handle (remove_reader in a
         # reader callback), which drops the handle's reference to it.
         callback = handle._callback
@@ -289,6 +290,7 @@ class TraceRecorder(Instrument):
         return "callback", {}
 
     def callback_finished(self, loop: Any, handle: Any) -> None:
+        """Record the callback's span (and the task's finish, if this step ended it)."""
         step = self._step
         if step is None or step[0] is not handle:  # attached while it ran
             return
@@ -300,6 +302,7 @@ class TraceRecorder(Instrument):
             self._record_finish(task)  # now, rather than an iteration later
 
     def iteration_finished(self, loop: Any) -> None:
+        """Record the iteration's span, with its wait time and its callback count."""
         if self._iteration_start is not None:
             self._finish_iteration(self.now(), partial=False)
 
@@ -322,10 +325,12 @@ class TraceRecorder(Instrument):
     # ------------------------------------------------------------------
 
     def timer_scheduled(self, loop: Any, handle: Any) -> None:
+        """Record a new timer and its delay."""
         delay = handle.when() - loop.time()
         self._add("timer-scheduled", self.now(), None, handle_label(handle), {"delay": delay})
 
     def task_created(self, loop: Any, task: Any, parent: Any) -> None:
+        """Record a new task and the task that created it."""
         args = {
             "task": self.task_number(task),
             "parent": self.task_number(parent) if is_task(parent) else None,
@@ -333,6 +338,7 @@ class TraceRecorder(Instrument):
         self._add("task-created", self.now(), None, task_label(task), args)
 
     def task_finished(self, loop: Any, task: Any) -> None:
+        """Record how a task ended, unless its last step did already."""
         # The loop reports this from a done callback, an iteration after the
         # step that finished the task; that step usually recorded it already.
         if task in self._finished:
@@ -347,6 +353,7 @@ class TraceRecorder(Instrument):
         self._add("task-finished", self.now(), None, task_label(task), args)
 
     def signal_received(self, loop: Any, signum: int) -> None:
+        """Record a handled signal, by name."""
         try:
             name = signal.Signals(signum).name
         except ValueError:
@@ -354,6 +361,7 @@ class TraceRecorder(Instrument):
         self._add("signal", self.now(), None, name, {"signum": signum})
 
     def exception_reported(self, loop: Any, context: dict[str, Any]) -> None:
+        """Record an error the loop reported: its message and exception."""
         message = str(context.get("message") or "Unhandled exception in event loop")
         error = context.get("exception")
         args = {"exception": repr(error) if error is not None else None}

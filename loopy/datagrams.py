@@ -37,7 +37,7 @@ import collections
 import logging
 import socket
 from asyncio.trsock import TransportSocket
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .servers import remove_stale_socket_file
@@ -283,8 +283,8 @@ class DatagramMethods:
     create_future: Callable[[], asyncio.Future[Any]]
     getaddrinfo: Callable[..., Any]
     sock_connect: Callable[..., Any]
-    _wait_readable: Callable[..., asyncio.Future[Any]]
-    _wait_writable: Callable[..., asyncio.Future[Any]]
+    _wait_readable: Callable[..., Coroutine[Any, Any, Any]]
+    _wait_writable: Callable[..., Coroutine[Any, Any, Any]]
 
     async def create_datagram_endpoint(
         self,

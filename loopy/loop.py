@@ -224,7 +224,8 @@ class Loop(
         if ready or self._stopping:
             timeout: float | None = 0.0
         elif timers:
-            self._drop_cancelled_head_timers()
+            if timers[0][2]._cancelled:
+                self._drop_cancelled_head_timers()
             if timers:
                 # (Comparisons, not min()/max(): those builtins cost several
                 # times more, once per iteration.)
@@ -458,7 +459,8 @@ class Loop(
         context: contextvars.Context | None = None,
     ) -> Handle:
         """Run ``callback(*args)`` in a later iteration, after those queued before it."""
-        self._check_closed()
+        if self._closed:  # (checked inline: this is the loop's busiest entry point)
+            self._check_closed()
         if self._debug:
             self._check_callback(callback, "call_soon")
         handle = Handle(callback, args, self, context)
@@ -591,7 +593,8 @@ class Loop(
     def _watch(self, fileobj: FileDescriptorLike, event: int, handle: Handle) -> None:
         fd = fd_of(fileobj)
         watch = self._watches.get(fd)
-        if watch is not None and _is_closed_socket(watch.fileobj):
+        # (The same object again cannot be a closed one: fd_of() refused that.)
+        if watch is not None and watch.fileobj is not fileobj and _is_closed_socket(watch.fileobj):
             # Left by a socket that was closed before its registration was
             # removed (sock_recv removes its own an iteration late), and the
             # number is now another socket's.  The kernel dropped the old

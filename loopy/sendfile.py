@@ -24,7 +24,7 @@ import io
 import os
 import socket
 from asyncio.constants import _SendfileMode
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import IO, Any
 
 from .transports import SocketTransport
@@ -62,7 +62,7 @@ class SendfileMethods:
     """``sock_sendfile`` and ``sendfile`` (a mixin of :class:`loopy.loop.Loop`)."""
 
     # Provided by the loop and its other mixins; declared for the type checker.
-    _wait_writable: Callable[..., asyncio.Future[Any]]
+    _wait_writable: Callable[..., Coroutine[Any, Any, Any]]
     sock_sendall: Callable[..., Any]
     run_in_executor: Any
 

@@ -27,7 +27,6 @@ awaiting ``sock_recv``.
 from __future__ import annotations
 
 import asyncio
-import functools
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -68,40 +67,42 @@ class SocketMethods:
     _remove_writer: Callable[[Any], bool]
     getaddrinfo: Callable[..., Any]
 
-    def _wait_readable(
+    async def _wait_readable(
         self, sock: socket.socket, callback: Callable[..., None], *args: Any
-    ) -> asyncio.Future[Any]:
-        """A future that ``callback(future, *args)`` resolves once ``sock`` is readable."""
+    ) -> Any:
+        """Wait until ``callback(future, *args)``, run whenever ``sock`` is readable,
+        resolves the future; return its result."""
         future = self.create_future()
+        fd = sock.fileno()
         # Registered under the socket object, not its number, so that the
         # loop can tell if it was closed (see Loop._watch).
         handle = self._add_reader(sock, callback, future, *args)
-        future.add_done_callback(functools.partial(self._stop_reading, sock.fileno(), handle))
-        return future
+        try:
+            return await future
+        finally:
+            self.call_soon(self._remove_reader_if_ours, fd, handle)
 
-    def _wait_writable(
+    async def _wait_writable(
         self, sock: socket.socket, callback: Callable[..., None], *args: Any
-    ) -> asyncio.Future[Any]:
-        """A future that ``callback(future, *args)`` resolves once ``sock`` is writable."""
+    ) -> Any:
+        """Wait until ``callback(future, *args)``, run whenever ``sock`` is writable,
+        resolves the future; return its result."""
         future = self.create_future()
+        fd = sock.fileno()
         handle = self._add_writer(sock, callback, future, *args)
-        future.add_done_callback(functools.partial(self._stop_writing, sock.fileno(), handle))
-        return future
+        try:
+            return await future
+        finally:
+            self.call_soon(self._remove_writer_if_ours, fd, handle)
 
-    # When is a registration ours to remove?  The done callbacks run in the
-    # iteration after the future is done, just before the task that awaited
-    # it.  That task usually asks for the same socket again at once (a read
-    # loop calls sock_recv again), so removing the registration now would
-    # only make it add it back: two system calls per message.  So the done
-    # callback decides one iteration later, and removes the registration
-    # only if nobody replaced it meanwhile.  A replacing call cancelled our
-    # handle (add_reader does that), and so did remove_reader.
-
-    def _stop_reading(self, fd: int, handle: Handle, future: asyncio.Future[Any]) -> None:
-        self.call_soon(self._remove_reader_if_ours, fd, handle)
-
-    def _stop_writing(self, fd: int, handle: Handle, future: asyncio.Future[Any]) -> None:
-        self.call_soon(self._remove_writer_if_ours, fd, handle)
+    # When is a registration ours to remove?  The ``finally`` above runs as
+    # soon as the waiting task resumes -- with a result, an error or a
+    # cancellation.  That task usually asks for the same socket again at
+    # once (a read loop calls sock_recv again), so removing the registration
+    # now would only make it add it back: two system calls per message.  So
+    # the check runs one iteration later, and removes the registration only
+    # if nobody replaced it meanwhile.  A replacing call cancelled our handle
+    # (add_reader does that), and so did remove_reader.
 
     # The socket may belong to a transport by now (create_connection hands
     # it over): the private removers skip the check that add_reader() and

@@ -151,10 +151,10 @@ class Handle(asyncio.Handle):
 class TimerHandle(Handle, asyncio.TimerHandle):
     """A handle with a deadline, on the loop's clock (``loop.time()``).
 
-    The loop keeps timers in a heap of ``(when, sequence, handle)`` tuples,
-    not of handles: comparing tuples of floats and ints stays in C, and the
-    sequence number makes timers with equal deadlines run in the order they
-    were scheduled (a guarantee asyncio's own heap does not give).
+    The loop keeps a heap of deadlines and, for each deadline, the timers
+    due then in the order they were scheduled (see ``Loop._timers``): timers
+    with equal deadlines run in that order, a guarantee asyncio's own heap
+    does not give.
 
     Like :class:`Handle`, it subclasses asyncio's class for ``isinstance``
     checks only; ``_when`` and ``_scheduled`` are that class's slots.

@@ -41,7 +41,6 @@ import asyncio
 import collections
 import contextvars
 import heapq
-import itertools
 import logging
 import os
 import selectors
@@ -152,12 +151,18 @@ class Loop(
         # _run_once pops from it; anything, in any thread, may append
         # (deque.append is atomic, which call_soon_threadsafe relies on).
         self._ready: collections.deque[Handle] = collections.deque()
-        # The timer heap: (when, sequence, handle).  The sequence number keeps
-        # equal deadlines in scheduling order and keeps comparisons in C.
-        self._timers: list[tuple[float, int, TimerHandle]] = []
-        self._timer_sequence = itertools.count()
-        # How many handles in _timers are cancelled but not yet removed.
-        self._cancelled_timers = 0
+        # The timers.  _deadlines is a heap of deadlines, each once (floats:
+        # the heap compares them in C); _timers maps each deadline to what is
+        # due then: one TimerHandle, or a list of them in scheduling order
+        # when several share it.  (One object per timer, the handle: with
+        # many live timers, the garbage collector's work grows with every
+        # object it tracks, and a (when, sequence, handle) tuple per timer
+        # made it half as much again.)
+        # Invariant: _deadlines holds exactly the keys of _timers.
+        self._deadlines: list[float] = []
+        self._timers: dict[float, TimerHandle | list[TimerHandle]] = {}
+        self._timer_count = 0  # handles in _timers, cancelled ones included
+        self._cancelled_timers = 0  # of those, how many are cancelled
 
         self._stopping = False  # stop() was called; leave after this iteration
         self._closed = False
@@ -212,7 +217,7 @@ class Loop(
         order are described at the top of this module.
         """
         ready = self._ready
-        timers = self._timers
+        deadlines = self._deadlines
         # Instruments (instruments.py), or None: with none attached, watching
         # costs one check per step below; with some, each hook that no
         # instrument defines costs one more (an empty tuple).
@@ -223,13 +228,14 @@ class Loop(
         # 1. How long may select() block?
         if ready or self._stopping:
             timeout: float | None = 0.0
-        elif timers:
-            if timers[0][2]._cancelled:
+        elif deadlines:
+            head = self._timers[deadlines[0]]
+            if isinstance(head, list) or head._cancelled:
                 self._drop_cancelled_head_timers()
-            if timers:
+            if deadlines:
                 # (Comparisons, not min()/max(): those builtins cost several
                 # times more, once per iteration.)
-                timeout = timers[0][0] - self._clock()
+                timeout = deadlines[0] - self._clock()
                 if timeout < 0.0:
                     timeout = 0.0
                 elif timeout > MAXIMUM_SELECT_TIMEOUT:
@@ -261,18 +267,20 @@ class Loop(
                 ready.append(watch.writer)
 
         # 3. Move every due timer to the ready queue, earliest first.
-        if timers:
+        if deadlines:
             now = self._clock()
             end = now + self._clock_resolution
-            while timers and timers[0][0] < end:
-                timer = heapq.heappop(timers)[2]
-                timer._scheduled = False
-                if timer._cancelled:
-                    self._cancelled_timers -= 1
-                    continue
-                ready.append(timer)
-                if hooks is not None and hooks.timer_fired:
-                    hooks.call("timer_fired", self, timer, now - timer._when)
+            while deadlines and deadlines[0] < end:
+                due = self._timers.pop(heapq.heappop(deadlines))
+                for timer in due if isinstance(due, list) else (due,):
+                    timer._scheduled = False
+                    self._timer_count -= 1
+                    if timer._cancelled:
+                        self._cancelled_timers -= 1
+                        continue
+                    ready.append(timer)
+                    if hooks is not None and hooks.timer_fired:
+                        hooks.call("timer_fired", self, timer, now - timer._when)
 
         # 4. Run exactly the callbacks that are ready now.  Anything they
         #    schedule lands behind them and waits for the next iteration.
@@ -311,31 +319,43 @@ class Loop(
             hooks.call("callback_finished", self, handle)
 
     def _drop_cancelled_head_timers(self) -> None:
-        """Pop cancelled timers off the top of the heap, so the top is a live one."""
-        timers = self._timers
-        while timers and timers[0][2]._cancelled:
-            heapq.heappop(timers)[2]._scheduled = False
-            self._cancelled_timers -= 1
+        """Drop the earliest deadlines whose timers are all cancelled: the first is then live."""
+        deadlines = self._deadlines
+        while deadlines:
+            due = _as_list(self._timers[deadlines[0]])
+            if not all(timer._cancelled for timer in due):
+                return
+            del self._timers[heapq.heappop(deadlines)]
+            for timer in due:
+                timer._scheduled = False
+            self._timer_count -= len(due)
+            self._cancelled_timers -= len(due)
 
     def _timer_cancelled(self) -> None:
         """Called by TimerHandle.cancel() for a timer that sits in the heap."""
         self._cancelled_timers += 1
         if (
             self._cancelled_timers > _MIN_CANCELLED_TIMERS_TO_COMPACT
-            and self._cancelled_timers * 2 > len(self._timers)
+            and self._cancelled_timers * 2 > self._timer_count
         ):
             self._compact_timers()
 
     def _compact_timers(self) -> None:
-        """Rebuild the heap without its cancelled timers."""
-        live = []
-        for entry in self._timers:
-            if entry[2]._cancelled:
-                entry[2]._scheduled = False
-            else:
-                live.append(entry)
-        heapq.heapify(live)
+        """Rebuild the timers without the cancelled ones."""
+        live: dict[float, TimerHandle | list[TimerHandle]] = {}
+        for when, due in self._timers.items():
+            kept = []
+            for timer in _as_list(due):
+                if timer._cancelled:
+                    timer._scheduled = False
+                else:
+                    kept.append(timer)
+            if kept:
+                live[when] = kept[0] if len(kept) == 1 else kept
         self._timers = live
+        self._deadlines = list(live)
+        heapq.heapify(self._deadlines)
+        self._timer_count -= self._cancelled_timers
         self._cancelled_timers = 0
 
     # ------------------------------------------------------------------
@@ -420,8 +440,9 @@ class Loop(
             self._hooks.call("loop_closed", self)
         self._closed = True
         self._ready.clear()
+        self._deadlines.clear()
         self._timers.clear()
-        self._cancelled_timers = 0
+        self._timer_count = self._cancelled_timers = 0
         SignalMethods._close(self)
         ThreadMethods._close(self)
         self._waker.close()
@@ -496,7 +517,15 @@ class Loop(
         if self._debug:
             self._check_callback(callback, "call_at")
         handle = TimerHandle(when, callback, args, self, context)
-        heapq.heappush(self._timers, (when, next(self._timer_sequence), handle))
+        due = self._timers.get(when)
+        if due is None:
+            self._timers[when] = handle
+            heapq.heappush(self._deadlines, when)
+        elif isinstance(due, list):
+            due.append(handle)
+        else:
+            self._timers[when] = [due, handle]
+        self._timer_count += 1
         handle._scheduled = True
         if self._hooks is not None:
             self._hooks.call("timer_scheduled", self, handle)
@@ -860,6 +889,11 @@ class Loop(
                         "asyncgen": agen,
                     }
                 )
+
+
+def _as_list(due: TimerHandle | list[TimerHandle]) -> list[TimerHandle]:
+    """The timers due at one deadline (see ``Loop._timers``), as a list."""
+    return due if isinstance(due, list) else [due]
 
 
 class Watch:

@@ -13,9 +13,9 @@ Each one turns a non-blocking socket call into something a coroutine can
    got there first, or the readiness was spurious) it simply waits for the
    next readiness; otherwise it resolves the future with the result or the
    error.
-4. Whatever happens to the future -- a result, an error, or the awaiting
-   task being cancelled -- its done callback removes the registration (one
-   iteration later, unless the next call on the socket took it over), so no
+4. However the wait ends -- a result, an error, or the awaiting task being
+   cancelled -- a ``finally`` removes the registration (one iteration
+   later, unless the next call on the socket took it over), so no
    descriptor stays watched by a coroutine that gave up.
 
 This is the path of a byte in ``sock_recv``: ``select()`` reports the socket
@@ -61,6 +61,7 @@ class SocketMethods:
     # Provided by the loop; declared here for the type checker.
     create_future: Callable[[], asyncio.Future[Any]]
     call_soon: Callable[..., Any]
+    is_closed: Callable[[], bool]
     _add_reader: Callable[..., Handle]
     _add_writer: Callable[..., Handle]
     _remove_reader: Callable[[Any], bool]
@@ -80,7 +81,9 @@ class SocketMethods:
         try:
             return await future
         finally:
-            self.call_soon(self._remove_reader_if_ours, fd, handle)
+            # (A task collected after its loop closed ends here too: nothing to remove.)
+            if not self.is_closed():
+                self.call_soon(self._remove_reader_if_ours, fd, handle)
 
     async def _wait_writable(
         self, sock: socket.socket, callback: Callable[..., None], *args: Any
@@ -93,7 +96,8 @@ class SocketMethods:
         try:
             return await future
         finally:
-            self.call_soon(self._remove_writer_if_ours, fd, handle)
+            if not self.is_closed():
+                self.call_soon(self._remove_writer_if_ours, fd, handle)
 
     # When is a registration ours to remove?  The ``finally`` above runs as
     # soon as the waiting task resumes -- with a result, an error or a

@@ -129,3 +129,20 @@ def run_until_interrupted(loop: Any, tidy: Callable[[], object]) -> None:
         sleeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             loop.run_until_complete(sleeper)
+
+
+def pending_timers(loop: Any) -> list[Any]:
+    """A loopy loop's timers, cancelled ones included, earliest first (ties: scheduling order).
+
+    Also checks the invariants the loop keeps about them (see ``Loop._timers``).
+    """
+    assert sorted(loop._deadlines) == sorted(loop._timers)
+    timers = [
+        handle
+        for _, due in sorted(loop._timers.items())
+        for handle in (due if isinstance(due, list) else [due])
+    ]
+    assert len(timers) == loop._timer_count
+    assert sum(handle.cancelled() for handle in timers) == loop._cancelled_timers
+    assert all(handle._scheduled for handle in timers)
+    return timers

@@ -24,7 +24,7 @@ import pytest
 
 import loopy
 from loopy.loop import resolve_task_mode
-from tests.helpers import make_loop
+from tests.helpers import make_loop, pending_timers
 
 
 def run_briefly(loop: Any) -> None:
@@ -240,8 +240,8 @@ def test_heap_is_compacted_when_most_timers_are_cancelled(vloop: Any) -> None:
     # The heap was rebuilt once more than half of it was cancelled: what is
     # left is the 50 live timers plus those cancelled since the rebuild.
     assert vloop._cancelled_timers <= 100
-    assert len(vloop._timers) == 50 + vloop._cancelled_timers < 300
-    live = [h for _, _, h in vloop._timers if not h.cancelled()]
+    assert len(pending_timers(vloop)) == 50 + vloop._cancelled_timers < 300
+    live = [h for h in pending_timers(vloop) if not h.cancelled()]
     assert live == handles[250:]
     # The survivors still fire, in order.
     fired: list[float] = []
@@ -251,6 +251,44 @@ def test_heap_is_compacted_when_most_timers_are_cancelled(vloop: Any) -> None:
     vloop.call_later(2.0, vloop.stop)
     vloop.run_forever()
     assert fired == [1.0]
+
+
+def test_timers_sharing_a_deadline_keep_scheduling_order_through_cancels_and_compaction(
+    vloop: Any,
+) -> None:
+    fired: list[int] = []
+    start = vloop.time()
+    same = [vloop.call_at(start + 5.0, fired.append, i) for i in range(6)]
+    # A lone timer at its own deadline, and many cancelled ones to force a rebuild.
+    lone = vloop.call_at(start + 4.0, fired.append, -1)
+    spare = [vloop.call_at(start + 6.0 + i, fired.append, 100 + i) for i in range(200)]
+    same[1].cancel()
+    same[4].cancel()
+    for handle in spare:
+        handle.cancel()  # more than half cancelled: the timers are rebuilt
+    assert vloop._cancelled_timers < 100
+    assert [h for h in pending_timers(vloop) if not h.cancelled()] == [
+        lone,
+        same[0],
+        same[2],
+        same[3],
+        same[5],
+    ]
+    vloop.call_at(start + 7.0, vloop.stop)
+    vloop.run_forever()
+    assert fired == [-1, 0, 2, 3, 5]
+    assert all(handle.cancelled() for handle in pending_timers(vloop))  # later ones, lazily kept
+
+
+def test_a_deadline_whose_timers_are_all_cancelled_does_not_shorten_the_wait(vloop: Any) -> None:
+    start = vloop.time()
+    early = [vloop.call_at(start + 1.0, print) for _ in range(3)]
+    vloop.call_at(start + 3.0, vloop.stop)
+    for handle in early:
+        handle.cancel()
+    vloop.run_forever()
+    assert vloop._selector.timeouts == [3.0]
+    assert pending_timers(vloop) == []
 
 
 def test_call_later_and_call_at_refuse_none(loop: Any) -> None:

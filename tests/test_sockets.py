@@ -6,6 +6,7 @@ Each case runs on asyncio's loop too: the coroutines must behave the same.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 from collections.abc import Iterator
@@ -340,3 +341,27 @@ def test_a_closed_sockets_leftover_registration_does_not_hide_a_new_one(
                 return await any_loop.sock_recv(c, 10)
 
     assert any_loop.run_until_complete(main()) == b"y"
+
+
+@pytest.mark.parametrize("direction", ["recv", "sendall"])
+def test_a_waiting_task_collected_after_its_loop_closed_raises_nothing(
+    loop: Any, pair: Any, direction: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Closing the coroutine runs loopy's cleanup, which must not touch the closed loop.
+
+    (An exception there would be "ignored" and reported as unraisable, which
+    this suite turns into a failure.)
+    """
+    a, _ = pair
+    if direction == "recv":
+        coroutine = loop.sock_recv(a, 10)
+    else:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        coroutine = loop.sock_sendall(a, b"x" * (1 << 22))  # more than the buffers take
+    task = loop.create_task(coroutine)
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert not task.done()
+    loop.close()
+    del task, coroutine
+    gc.collect()
+    assert "Task was destroyed but it is pending!" in caplog.text

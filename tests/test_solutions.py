@@ -29,7 +29,7 @@ import trustme
 import loopy
 from loopy.futures import Future
 from loopy.tasks import Task
-from tests.helpers import iterations, make_loop, run
+from tests.helpers import iterations, make_loop, pending_timers, run
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = ROOT / "docs" / "solutions"
@@ -148,7 +148,7 @@ def test_call_every_skips_the_deadlines_it_missed(vloop: Any) -> None:
     repeater = call_every(vloop, 1.0, callback)
     vloop.run_forever()
     assert times == [1.0, 4.0, 5.0]
-    assert not vloop._timers or all(entry[2].cancelled() for entry in vloop._timers)
+    assert all(handle.cancelled() for handle in pending_timers(vloop))
 
 
 def test_a_busy_callback_chain_polls_the_selector_on_asyncio_not_on_loopy() -> None:

@@ -200,7 +200,8 @@ def snapshot(loop: Any) -> LoopSnapshot:
     ready = tuple(handle_label(h) for h in loop._ready if not h.cancelled())
     timers = tuple(
         TimerInfo(when - now, handle_label(handle))
-        for when, _, handle in sorted(loop._timers, key=lambda entry: entry[:2])
+        for when, due in sorted(loop._timers.items())
+        for handle in (due if isinstance(due, list) else [due])
         if not handle.cancelled()
     )
     return LoopSnapshot(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -42,3 +43,14 @@ def vloop(request: pytest.FixtureRequest) -> Iterator[Any]:
 def any_vloop(request: pytest.FixtureRequest) -> Iterator[Any]:
     """Every kind of loop, on a virtual clock."""
     yield from _closing(make_loop(request.param, virtual=True))
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """Two connected non-blocking sockets, closed afterwards (if nobody else did)."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    yield a, b
+    a.close()
+    b.close()

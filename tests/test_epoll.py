@@ -6,7 +6,6 @@ import errno
 import os
 import selectors
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,17 +20,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 PAIRS = 4
-
-
-@pytest.fixture
-def pairs() -> Iterator[list[tuple[socket.socket, socket.socket]]]:
-    made = [socket.socketpair() for _ in range(PAIRS)]
-    for a, _ in made:
-        a.setblocking(False)
-    yield made
-    for a, b in made:
-        a.close()
-        b.close()
 
 
 def answers(selector: selectors.BaseSelector) -> set[tuple[int, int, Any]]:

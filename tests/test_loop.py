@@ -559,16 +559,6 @@ def test_debug_mode_checks_callbacks(loop: Any) -> None:
 # -- file descriptors ---------------------------------------------------------------
 
 
-@pytest.fixture
-def pair() -> Any:
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
 def test_reader_runs_while_readable_until_removed(any_loop: Any, pair: Any) -> None:
     a, b = pair
     calls: list[bytes] = []

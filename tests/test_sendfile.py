@@ -28,16 +28,6 @@ def data_file(tmp_path: Path) -> Iterator[Any]:
         yield file
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
 async def receive_all(loop: Any, sock: socket.socket) -> bytes:
     chunks = []
     while chunk := await loop.sock_recv(sock, 65536):

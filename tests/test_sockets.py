@@ -16,16 +16,6 @@ import pytest
 
 
 @pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
-@pytest.fixture
 def listener() -> Iterator[socket.socket]:
     sock = socket.socket()
     sock.setblocking(False)

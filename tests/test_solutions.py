@@ -18,7 +18,6 @@ import socket
 import ssl
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -54,17 +53,6 @@ def test_every_solution_file_is_tested_here() -> None:
     assert files, "no solution files"
     assert sorted(files - tested) == []
     assert sorted(tested - files) == []
-
-
-@pytest.fixture
-def socketpair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    """Two connected non-blocking sockets, closed afterwards (if nobody else did)."""
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
 
 
 # -- chapter 1: why a selector -------------------------------------------------
@@ -474,10 +462,10 @@ def test_the_classes_each_task_mode_hands_out() -> None:
 
 
 def test_recv_exactly_reassembles_a_message_sent_in_pieces(
-    vloop: Any, socketpair: tuple[socket.socket, socket.socket]
+    vloop: Any, pair: tuple[socket.socket, socket.socket]
 ) -> None:
     recv_exactly = solution("ch08_sockets").recv_exactly
-    a, b = socketpair
+    a, b = pair
 
     async def main() -> None:
         for i, piece in enumerate((b"hel", b"lo wo", b"rld!!")):
@@ -494,10 +482,10 @@ def test_recv_exactly_reassembles_a_message_sent_in_pieces(
 
 
 def test_recv_or_none_leaves_no_registration_behind(
-    vloop: Any, socketpair: tuple[socket.socket, socket.socket]
+    vloop: Any, pair: tuple[socket.socket, socket.socket]
 ) -> None:
     recv_or_none = solution("ch08_sockets").recv_or_none
-    a, b = socketpair
+    a, b = pair
 
     async def main() -> None:
         start = vloop.time()
@@ -515,10 +503,10 @@ def test_recv_or_none_leaves_no_registration_behind(
 
 
 def test_byte_counter_counts_everything_the_peer_sent(
-    loop: Any, socketpair: tuple[socket.socket, socket.socket]
+    loop: Any, pair: tuple[socket.socket, socket.socket]
 ) -> None:
     ByteCounter = solution("ch09_transports").ByteCounter
-    a, b = socketpair
+    a, b = pair
     size = 300_000
 
     async def main() -> None:
@@ -533,10 +521,10 @@ def test_byte_counter_counts_everything_the_peer_sent(
 
 
 def test_water_marks_pause_then_resume_the_writer(
-    loop: Any, socketpair: tuple[socket.socket, socket.socket]
+    loop: Any, pair: tuple[socket.socket, socket.socket]
 ) -> None:
     fill_then_drain = solution("ch09_transports").fill_then_drain
-    a, b = socketpair
+    a, b = pair
     size = 8 * 1024 * 1024  # far more than the kernel's socket buffers hold
     after_write, at_end, received = run(loop, fill_then_drain(loop, a, b, size))
     assert received == size
@@ -557,10 +545,10 @@ def test_a_stream_reader_fed_by_hand_reassembles_lines(loop: Any) -> None:
 
 
 def test_drain_stops_a_writer_whose_peer_does_not_read(
-    loop: Any, socketpair: tuple[socket.socket, socket.socket]
+    loop: Any, pair: tuple[socket.socket, socket.socket]
 ) -> None:
     drain_stalls = solution("ch10_streams").drain_stalls
-    a, b = socketpair
+    a, b = pair
     chunk, total = 64 * 1024, 128  # 8 MiB
     stalled_at, still, buffered, received = run(loop, drain_stalls(a, b, chunk, total))
     assert 0 < stalled_at < total

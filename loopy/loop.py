@@ -652,7 +652,8 @@ class Loop(
     def _unwatch(self, fileobj: FileDescriptorLike, event: int) -> bool:
         if self._closed:
             return False
-        watch = self._watches.get(fd_of(fileobj))
+        fd = self._watched_fd(fileobj)
+        watch = self._watches.get(fd)
         if watch is None or not watch.events & event:
             return False
         if event == selectors.EVENT_READ:
@@ -664,11 +665,21 @@ class Loop(
             self._selector.modify(watch.fileobj, remaining, watch)
             watch.events = remaining
         else:
-            self._forget(fd_of(fileobj), watch)
+            self._forget(fd, watch)
         # A handle already queued for this iteration must not run any more.
         assert old is not None
         old.cancel()
         return True
+
+    def _watched_fd(self, fileobj: FileDescriptorLike) -> int:
+        """``fd_of(fileobj)``; for a socket closed while watched, the number it had then."""
+        try:
+            return fd_of(fileobj)
+        except ValueError:
+            for fd, watch in self._watches.items():
+                if watch.fileobj is fileobj:
+                    return fd
+            raise
 
     def _forget(self, fd: int, watch: Watch) -> None:
         """Stop watching ``fd`` in both directions."""

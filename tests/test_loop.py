@@ -939,3 +939,15 @@ def test_error_report_says_where_the_handle_was_made(
     message = caplog.records[0].getMessage()
     assert "handle created at (most recent call last):" in message
     assert "test_error_report_says_where_the_handle_was_made" in message
+
+
+def test_a_socket_closed_while_watched_can_still_be_unwatched(any_loop: Any) -> None:
+    a, b = socket.socketpair()
+    try:
+        any_loop.add_reader(a, print)
+        a.close()  # fileno() is now -1: the loop must find it by the object
+        assert any_loop.remove_reader(a) is True
+        with pytest.raises(ValueError):  # now it is neither watched nor a descriptor
+            any_loop.remove_reader(a)
+    finally:
+        b.close()

@@ -111,32 +111,6 @@ class Handle(asyncio.Handle):
         """The :class:`contextvars.Context` the callback runs in."""
         return self._context
 
-    def _run(self) -> None:
-        """Call the callback in its context, reporting any error to the loop.
-
-        ``SystemExit`` and ``KeyboardInterrupt`` are let through, so that they
-        stop the loop as they stop any Python program; every other exception
-        goes to the loop's exception handler and the loop carries on.
-        """
-        callback, args = self._callback, self._args
-        assert callback is not None
-        try:
-            if args:
-                self._context.run(callback, *args)
-            else:
-                # Calling without *args is about three times cheaper.
-                self._context.run(callback)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler(
-                {
-                    "message": f"Exception in callback {self._describe()}",
-                    "exception": exc,
-                    "handle": self,
-                }
-            )
-
     def _describe(self) -> str:
         if self._callback is None:
             return "<cancelled>"

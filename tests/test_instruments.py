@@ -229,12 +229,14 @@ def test_callbacks_take_the_plain_path_unless_an_instrument_watches_them(
     loop: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     observed: list[Any] = []
+    starting = loop._callback_starting
 
-    def run_observed(handle: Any) -> None:
+    def callback_starting(handle: Any) -> float:
         observed.append(handle)
-        handle._run()
+        started: float = starting(handle)
+        return started
 
-    monkeypatch.setattr(loop, "_run_observed", run_observed)
+    monkeypatch.setattr(loop, "_callback_starting", callback_starting)
 
     class WaitsOnly(Instrument):
         def wait_started(self, loop: Any, timeout: float | None) -> None:
@@ -255,6 +257,6 @@ def test_callbacks_take_the_plain_path_unless_an_instrument_watches_them(
     loop.call_soon(ran.append, 2)
     loop.call_soon(loop.stop)
     loop.run_forever()
-    assert len(observed) == 2  # both callbacks went through _run_observed
+    assert len(observed) == 2  # both callbacks went through the observed path
     loop.remove_instrument(watcher)
     assert not loop._hooks.watches_callbacks

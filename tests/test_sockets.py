@@ -230,7 +230,8 @@ def test_a_spurious_wakeup_keeps_waiting(loop: Any, pair: Any) -> None:
         task = asyncio.ensure_future(loop.sock_recv(a, 10))
         await asyncio.sleep(0)
         reader = loop._watches[a.fileno()].reader
-        reader._run()  # as if select() had reported a readable socket
+        # As if select() had reported the socket readable:
+        reader._context.run(reader._callback, *reader._args)
         assert not task.done()
         b.send(b"real")
         return await task

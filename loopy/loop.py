@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, TypeVarTuple, Unpack, c
 
 from .connections import ConnectionMethods
 from .datagrams import DatagramMethods
-from .epoll import default_selector
+from .epoll import default_selector, readiness_of
 from .futures import Future as LoopyFuture
 from .handles import DEBUG_STACK_DEPTH, Handle, TimerHandle
 from .instruments import Hooks
@@ -142,6 +142,9 @@ class Loop(
         tasks: str | None = None,
     ) -> None:
         self._selector = selector if selector is not None else default_selector()
+        # How to ask the selector what is ready: (fd, events) pairs, and which
+        # bits of events mean readable and writable (see epoll.py).
+        self._readiness = readiness_of(self._selector)
         self._clock = clock
         # Timers whose deadline is within this much of "now" count as due:
         # the clock cannot tell them apart from "now" anyway.
@@ -246,24 +249,27 @@ class Loop(
             timeout = None
 
         # 2. Wait for I/O, and queue the callbacks of the descriptors that are ready.
-        if timeout == 0 and len(self._watches) == 1 and not self._signal_handlers:
+        watches = self._watches
+        poll, readable, writable = self._readiness
+        if timeout == 0 and len(watches) == 1 and not self._signal_handlers:
             # Only the wake-up socket is watched, and it carries nothing we
             # could miss (threadsafe callbacks are queued already): skip the
             # system call.  This makes a busy callback chain several times faster.
-            events = []
+            polled = []
         elif hooks is None:
-            events = self._selector.select(timeout)
+            polled = poll(timeout)
         else:
             if hooks.wait_started:
                 hooks.call("wait_started", self, timeout)
-            events = self._selector.select(timeout)
+            polled = poll(timeout)
             if hooks.wait_finished:
-                hooks.call("wait_finished", self, [(key.fd, mask) for key, mask in events])
-        for key, mask in events:
-            watch = key.data
-            if mask & selectors.EVENT_READ:
+                hooks.call("wait_finished", self, self._ready_masks(polled))
+        for fd, events in polled:
+            watch = watches[fd]  # (every descriptor the selector knows is in _watches)
+            # An error or hang-up sets both bits: a direction nobody watches has no handle.
+            if events & readable and watch.reader is not None:
                 ready.append(watch.reader)
-            if mask & selectors.EVENT_WRITE:
+            if events & writable and watch.writer is not None:
                 ready.append(watch.writer)
 
         # 3. Move every due timer to the ready queue, earliest first.
@@ -310,6 +316,17 @@ class Loop(
                 self._callback_finished(handle, started)
         if hooks is not None and hooks.iteration_finished:
             hooks.call("iteration_finished", self)
+
+    def _ready_masks(self, polled: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """What ``poll`` reported, as ``(fd, EVENT_READ | EVENT_WRITE)`` for the instruments."""
+        _, readable, writable = self._readiness
+        reported = []
+        for fd, events in polled:
+            mask = (selectors.EVENT_READ if events & readable else 0) | (
+                selectors.EVENT_WRITE if events & writable else 0
+            )
+            reported.append((fd, mask & self._watches[fd].events))
+        return reported
 
     def _callback_starting(self, handle: Handle) -> float:
         """Tell the instruments a callback starts; the time it starts, for debug mode."""

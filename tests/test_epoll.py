@@ -175,3 +175,42 @@ def test_without_the_expected_internals_the_standard_selector_is_used(
     selector = epoll.default_selector()
     assert type(selector) is epoll.EpollSelector
     selector.close()
+
+
+def test_loops_read_epolls_own_bits_and_other_selectors_through_select() -> None:
+    ours = epoll.EpollSelector()
+    theirs = selectors.PollSelector()
+    try:
+        fast = epoll.readiness_of(ours)
+        assert fast.poll == ours.poll_fds
+        assert (fast.readable, fast.writable) == (epoll.EPOLL_READABLE, epoll.EPOLL_WRITABLE)
+        generic = epoll.readiness_of(theirs)
+        assert (generic.readable, generic.writable) == (selectors.EVENT_READ, selectors.EVENT_WRITE)
+        a, b = socket.socketpair()
+        try:
+            theirs.register(a, selectors.EVENT_READ)
+            assert generic.poll(0) == []
+            b.send(b"x")
+            assert generic.poll(0) == [(a.fileno(), selectors.EVENT_READ)]
+        finally:
+            a.close()
+            b.close()
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_a_hang_up_on_a_descriptor_watched_one_way_runs_only_that_callback() -> None:
+    # epoll reports the hang-up as readable and writable; only the reader is there.
+    read_end, write_end = os.pipe()
+    loop = loopy.new_event_loop()
+    try:
+        called: list[str] = []
+        loop.add_reader(read_end, called.append, "reader")
+        os.close(write_end)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+        assert called == ["reader"]
+    finally:
+        loop.close()
+        os.close(read_end)

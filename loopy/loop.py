@@ -7,9 +7,9 @@ order:
 1. **Decide how long it may wait.**  Not at all if callbacks are already
    ready (or ``stop()`` was called); until the nearest timer if there is one;
    otherwise for as long as it takes.
-2. **Wait for I/O** with ``selector.select(timeout)``.  For each file
-   descriptor that became readable or writable, queue the callback that
-   ``add_reader``/``add_writer`` registered for it.
+2. **Wait for I/O** in the selector (``epoll``, ``kqueue``...) with the
+   timeout.  For each file descriptor that became readable or writable,
+   queue the callback that ``add_reader``/``add_writer`` registered for it.
 3. **Move due timers** from the heap to the ready queue.
 4. **Run the callbacks that were ready when this step began**, and only
    those.  A callback that schedules another one (``call_soon`` from a

@@ -148,11 +148,11 @@ def main(argv: list[str] | None = None) -> int:
                     ratio = figures["asyncio"] / figures[name]
                     cells.append(
                         f"{figures[name]:>9,.0f}"
-                        + (f" ×{ratio:4.2f}" if name != "asyncio" else " " * 6)
+                        + (f" \u00d7{ratio:4.2f}" if name != "asyncio" else " " * 6)
                     )
                 label = f"{mode} {SIZES[size_name]} B, {connections} conn"
                 print(f"{label:<32} " + " ".join(f"{cell:>18}" for cell in cells), flush=True)
-    print("(instructions per message, user space; ×ratio = asyncio's count / this loop's)")
+    print("(instructions per message, user space; \u00d7ratio = asyncio's count / this loop's)")
     return 0
 
 

@@ -40,6 +40,7 @@ from asyncio.trsock import TransportSocket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from . import versions
 from .servers import remove_stale_socket_file
 from .sockets import _TRY_AGAIN, _check_nonblocking
 from .transports import (
@@ -152,8 +153,8 @@ class DatagramTransport(FileTransport, FlowControl, asyncio.DatagramTransport, a
     def sendto(self, data: bytes | bytearray | memoryview, addr: Any = None) -> None:
         """Send one datagram to ``addr`` (or to the remote address, if connected)."""
         _check_bytes_like(data)
-        if not data:
-            return  # as asyncio 3.11 does: an empty datagram is not sent
+        if not data and not versions.EMPTY_DATAGRAMS_ARE_SENT:
+            return  # as asyncio before 3.13 does: an empty datagram is not sent
         if self._address is not None:
             if addr not in (None, self._address):
                 raise ValueError(f"Invalid address: must be None or {self._address}")
@@ -178,7 +179,7 @@ class DatagramTransport(FileTransport, FlowControl, asyncio.DatagramTransport, a
                 return
         # Copy: the caller may reuse a bytearray it handed us.
         self._buffer.append((bytes(data), addr))
-        self._buffer_size += len(data)
+        self._buffer_size += len(data) + versions.DATAGRAM_HEADER_SIZE
         self._maybe_pause_protocol()
 
     def _send(self, data: Any, addr: Any) -> None:
@@ -198,15 +199,13 @@ class DatagramTransport(FileTransport, FlowControl, asyncio.DatagramTransport, a
                 break
             except OSError as exc:
                 # This datagram is lost (and reported); the next ones may go.
-                self._buffer.popleft()
-                self._buffer_size -= len(data)
+                self._dequeue(data)
                 self._call_protocol_with("error_received", exc)
                 continue
             except Exception as exc:
                 self._fatal_error(exc, "Fatal write error on datagram transport")
                 return
-            self._buffer.popleft()
-            self._buffer_size -= len(data)
+            self._dequeue(data)
         self._maybe_resume_protocol()  # may send more, and refill the queue
         if self._buffer:
             return
@@ -214,8 +213,19 @@ class DatagramTransport(FileTransport, FlowControl, asyncio.DatagramTransport, a
         if self._closing:
             self._lose_connection(None)
 
+    def _dequeue(self, data: bytes) -> None:
+        """The first queued datagram, ``data``, was sent or lost: take it out of the buffer."""
+        self._buffer.popleft()
+        # (Header bytes too: asyncio 3.13.0 forgets them here, so its buffer
+        # never empties again once a datagram had to wait.)
+        self._buffer_size -= len(data) + versions.DATAGRAM_HEADER_SIZE
+
     def get_write_buffer_size(self) -> int:
-        """Bytes of the datagrams queued because the socket would block."""
+        """Bytes of the datagrams queued because the socket would block.
+
+        From Python 3.13, each queued datagram also counts 8 bytes of header,
+        as asyncio's do.
+        """
         return self._buffer_size
 
     # -- closing ----------------------------------------------------------------
@@ -318,7 +328,7 @@ class DatagramMethods:
         remote: Any = None
         if sock is not None:
             if sock.type != socket.SOCK_DGRAM:
-                raise ValueError(f"A UDP Socket was expected, got {sock!r}")
+                raise ValueError(f"{versions.DATAGRAM_SOCKET_EXPECTED}, got {sock!r}")
             _check_no_socket_options(
                 local_addr=local_addr,
                 remote_addr=remote_addr,

@@ -40,11 +40,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import reprlib
-import sys
 from collections.abc import Callable, Generator
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 
+from . import versions
 from .handles import callback_name, creation_stack
 
 __all__ = ["CancelledError", "Future", "InvalidStateError"]
@@ -64,7 +64,7 @@ _FINISHED = "FINISHED"
 # A StopIteration raised inside a generator (``__await__`` is one) would be
 # turned into a RuntimeError there anyway (PEP 479), so asyncio never stores
 # one: Python 3.11 and 3.12 refuse it, 3.13 stores a RuntimeError caused by it.
-_WRAP_STOP_ITERATION = sys.version_info >= (3, 13)
+_WRAP_STOP_ITERATION = versions.WRAP_STOP_ITERATION
 _STOP_ITERATION_MESSAGE = (
     "StopIteration interacts badly with generators and cannot be raised into a Future"
 )

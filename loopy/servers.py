@@ -26,10 +26,11 @@ import logging
 import os
 import socket
 import stat
-import sys
 from asyncio.trsock import TransportSocket
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from . import versions
 
 logger = logging.getLogger("loopy")
 
@@ -385,7 +386,7 @@ class ServerMethods:
         Python's asyncio does: True from 3.13 (which added it), else False.
         """
         if cleanup_socket is None:
-            cleanup_socket = sys.version_info >= (3, 13)
+            cleanup_socket = versions.UNIX_SERVERS_REMOVE_THEIR_SOCKET
         make_transport = self._server_transport_factory(
             ssl, ssl_handshake_timeout, ssl_shutdown_timeout
         )

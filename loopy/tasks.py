@@ -59,6 +59,7 @@ from collections.abc import Callable, Coroutine, Generator
 from types import FrameType
 from typing import IO, Any, TypeVar
 
+from . import versions
 from .futures import _PENDING, CancelledError, Future, InvalidStateError
 
 __all__ = ["Task"]
@@ -71,9 +72,7 @@ _enter_task: Callable[[Any, Any], None] = asyncio.tasks._enter_task
 _leave_task: Callable[[Any, Any], None] = asyncio.tasks._leave_task
 _get_loop: Callable[[Any], Any] = asyncio.futures._get_loop  # type: ignore[attr-defined]
 
-# Python 3.13: when uncancel() takes back the last request, a cancellation
-# that has not been delivered yet is called off too.
-_UNCANCEL_CLEARS_MUST_CANCEL = sys.version_info >= (3, 13)
+_UNCANCEL_CLEARS_MUST_CANCEL = versions.UNCANCEL_CLEARS_MUST_CANCEL
 
 # Default names: Task-1, Task-2, ...
 _task_numbers = itertools.count(1)

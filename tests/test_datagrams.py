@@ -13,6 +13,7 @@ import errno
 import gc
 import os
 import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from typing import Any
@@ -116,6 +117,18 @@ def fill_until_buffered(transport: Any, size: int = 1000, limit: int = 10_000) -
         if transport.get_write_buffer_size():
             return count
     raise AssertionError("the socket never filled up")
+
+
+def drained_sizes(loop: Any, waited: int) -> set[int]:
+    """What ``get_write_buffer_size()`` may say once ``waited`` queued datagrams left.
+
+    0 -- but asyncio 3.13.0 forgets to take the 8 header bytes back out
+    (CPython gh-135444, fixed in a later 3.13 release), so its loop may
+    keep 8 per datagram that had to wait.  loopy's always comes back to 0.
+    """
+    if isinstance(loop, loopy.Loop) or sys.version_info[:2] != (3, 13):
+        return {0}
+    return {0, 8 * waited}
 
 
 # -- UDP ---------------------------------------------------------------------------
@@ -252,13 +265,41 @@ def test_empty_and_invalid_data(any_loop: Any) -> None:
         server, protocol = await any_loop.create_datagram_endpoint(
             lambda: Recorder(any_loop), local_addr=("127.0.0.1", 0)
         )
-        server.sendto(b"", ("127.0.0.1", 9))  # asyncio 3.11 sends nothing
         with pytest.raises(TypeError):
             server.sendto("text", ("127.0.0.1", 9))
         server.close()
         await protocol.done
 
     run(any_loop, main())
+
+
+def test_an_empty_datagram_is_sent_from_3_13(any_loop: Any) -> None:
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    receiver.setblocking(False)
+
+    async def main() -> list[bytes]:
+        transport, protocol = await any_loop.create_datagram_endpoint(
+            lambda: Recorder(any_loop), remote_addr=receiver.getsockname()
+        )
+        transport.sendto(b"")
+        transport.sendto(b"marker")  # datagrams arrive in order: the empty one first, if sent
+        received = []
+        while not received or received[-1] != b"marker":
+            try:
+                received.append(receiver.recv(100))
+            except BlockingIOError:
+                await asyncio.sleep(0)
+        transport.close()
+        await protocol.done
+        return received
+
+    try:
+        received = run(any_loop, main())
+    finally:
+        receiver.close()
+    expected = [b"", b"marker"] if sys.version_info >= (3, 13) else [b"marker"]
+    assert received == expected
 
 
 def test_a_failing_datagram_received_keeps_the_endpoint_open(any_loop: Any) -> None:
@@ -416,7 +457,8 @@ def test_socket_options_conflict_with_sock(any_loop: Any, kwargs: dict[str, Any]
 def test_a_stream_socket_is_refused(any_loop: Any) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
-        with pytest.raises(ValueError, match="UDP Socket was expected"):
+        expected = "A datagram socket" if sys.version_info >= (3, 13) else "A UDP Socket"
+        with pytest.raises(ValueError, match=f"^{expected} was expected, got <socket"):
             run(any_loop, any_loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=sock))
     finally:
         sock.close()
@@ -507,7 +549,9 @@ def test_a_full_socket_buffers_and_pauses_the_writer(any_loop: Any, paths: Any) 
         assert protocol.events == ["made"]
         for index in range(sent + 1, sent + 4):
             transport.sendto(bytes([index % 256]) * 1000)
-        assert transport.get_write_buffer_size() == 4000
+        # Four datagrams wait; from 3.13 each also counts 8 bytes of header.
+        header = 8 if sys.version_info >= (3, 13) else 0
+        assert transport.get_write_buffer_size() == 4 * (1000 + header)
         assert protocol.events == ["made", "pause"]
 
         received = []
@@ -516,7 +560,7 @@ def test_a_full_socket_buffers_and_pauses_the_writer(any_loop: Any, paths: Any) 
                 received.append(receiver.recv(2000))
             except BlockingIOError:
                 await asyncio.sleep(0)
-        assert transport.get_write_buffer_size() == 0
+        assert transport.get_write_buffer_size() in drained_sizes(any_loop, 4)
         assert protocol.events == ["made", "pause", "resume"]
         transport.close()
         await protocol.done
@@ -579,7 +623,7 @@ def test_queued_datagrams_that_fail_are_reported_one_by_one(any_loop: Any, paths
         transport.sendto(b"queued too")
         receiver.close()  # the queued datagrams now have nowhere to go
         await protocol.wait_for(2)
-        while transport.get_write_buffer_size():
+        while transport.get_write_buffer_size() not in drained_sizes(any_loop, 2):
             await asyncio.sleep(0)
         # Refused, then "not connected": Linux disconnects a socket whose peer is gone.
         assert isinstance(protocol.errors[0], ConnectionRefusedError)
@@ -1102,7 +1146,8 @@ def test_not_now_is_retried(loop: Any) -> None:
         client._sock = _HesitantSocket(client._sock)
         client.sendto(b"first")  # refused: queued
         client.sendto(b"second")
-        assert client.get_write_buffer_size() == len(b"firstsecond")
+        header = 8 if sys.version_info >= (3, 13) else 0  # per queued datagram, from 3.13
+        assert client.get_write_buffer_size() == len(b"firstsecond") + 2 * header
         await protocol.wait_for(2)
         assert [data for data, _ in protocol.datagrams] == [b"first", b"second"]
         client.close()

@@ -314,7 +314,7 @@ def run_child_pytest(tmp_path: Path, files: dict[str, str]) -> str:
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=2 * TIMEOUT,
         check=False,
     )
     output = result.stdout + result.stderr

@@ -50,7 +50,9 @@ from .transports import (
     start_transport,
 )
 
-logger = logging.getLogger("loopy")
+# Its warnings are the ones asyncio gives for the same events, so they go
+# where asyncio's users look for them: the logger named "asyncio".
+logger = logging.getLogger("asyncio")
 
 # The largest datagram a read accepts whole.  A datagram longer than the
 # buffer is silently truncated by the kernel, so this must be generous: UDP
@@ -451,6 +453,7 @@ class DatagramMethods:
             return
         except Exception as exc:
             future.set_exception(exc)
+            del future  # the error's traceback holds this frame: no cycle through it
         else:
             future.set_result(result)
 
@@ -488,6 +491,7 @@ class DatagramMethods:
             return
         except Exception as exc:
             future.set_exception(exc)
+            del future  # the error's traceback holds this frame: no cycle through it
         else:
             future.set_result(result)
 
@@ -512,5 +516,6 @@ class DatagramMethods:
             return
         except Exception as exc:
             future.set_exception(exc)
+            del future  # the error's traceback holds this frame: no cycle through it
         else:
             future.set_result(sent)

@@ -182,8 +182,15 @@ class Future(Generic[_T]):
         if self._state is _PENDING:
             raise InvalidStateError("Result is not set.")
         self._log_traceback = False
-        if self._exception is not None:
-            raise self._exception.with_traceback(self._exception_tb)
+        error = self._exception
+        if error is not None:
+            try:
+                raise error.with_traceback(self._exception_tb)
+            finally:
+                # The error's traceback now holds this frame: without its
+                # locals (the future holds the error) that is no reference
+                # cycle, and the error is freed as soon as nobody holds it.
+                del self, error
         return cast(_T, self._result)
 
     def exception(self) -> BaseException | None:
@@ -286,13 +293,18 @@ class Future(Generic[_T]):
     # ------------------------------------------------------------------
 
     def __await__(self) -> Generator[Any, None, _T]:
-        if self._state is _PENDING:
-            self._asyncio_future_blocking = True
-            yield self  # to the Task, which resumes us once we are done
+        try:
             if self._state is _PENDING:
-                # Only a Task that waited for our done callback may resume us.
-                raise RuntimeError("await wasn't used with future")
-        return self.result()
+                self._asyncio_future_blocking = True
+                yield self  # to the Task, which resumes us once we are done
+                if self._state is _PENDING:
+                    # Only a Task that waited for our done callback may resume us.
+                    raise RuntimeError("await wasn't used with future")
+            return self.result()
+        finally:
+            # Our error, raised here or thrown in at the yield by the task,
+            # holds this frame: no cycle through it, as in result().
+            del self
 
     def __iter__(self) -> Generator[Any, None, _T]:
         """``yield from future``, the pre-``async def`` spelling of ``await``."""

@@ -314,6 +314,11 @@ class Loop(
                 self._callback_failed(handle, exc)  # anything else: report, carry on
             if observed:
                 self._callback_finished(handle, started)
+        # A traceback through a callback keeps this frame (its callers'
+        # frames, on 3.11), and with it the last handle run: a handle that
+        # holds the error (a Task holding its exception, a future in the
+        # arguments) would make a reference cycle.
+        handle = None  # type: ignore[assignment]
         if hooks is not None and hooks.iteration_finished:
             hooks.call("iteration_finished", self)
 

@@ -55,7 +55,9 @@ from .transports import (
     start_transport,
 )
 
-logger = logging.getLogger("loopy")
+# Its warnings are the ones asyncio gives for the same events, so they go
+# where asyncio's users look for them: the logger named "asyncio".
+logger = logging.getLogger("asyncio")
 
 
 def _is_peer_gone(exc: BaseException) -> bool:

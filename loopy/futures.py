@@ -136,13 +136,14 @@ class Future(Generic[_T]):
     def __del__(self) -> None:
         if not self._log_traceback:
             return
-        self._loop.call_exception_handler(
-            {
-                "message": f"{type(self).__name__} exception was never retrieved",
-                "exception": self._exception,
-                "future": self,
-            }
-        )
+        context: dict[str, Any] = {
+            "message": f"{type(self).__name__} exception was never retrieved",
+            "exception": self._exception,
+            "future": self,
+        }
+        if self._source_traceback:
+            context["source_traceback"] = self._source_traceback
+        self._loop.call_exception_handler(context)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {' '.join(self._repr_info())}>"
@@ -157,6 +158,9 @@ class Future(Generic[_T]):
         if self._callbacks:
             names = ", ".join(callback_name(fn) for fn, _ in self._callbacks)
             info.append(f"cb=[{names}]")
+        if self._source_traceback:
+            frame = self._source_traceback[-1]
+            info.append(f"created at {frame.filename}:{frame.lineno}")
         return info
 
     # ------------------------------------------------------------------

@@ -18,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import inspect
 import os
 import reprlib
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -34,6 +35,10 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # How many frames debug mode records for each handle: enough to find the
 # caller, cheap enough to do for every callback.
 DEBUG_STACK_DEPTH = 10
+
+# Python 3.13: asyncio shows a callback's arguments in reprs and reports only
+# in debug mode (they may hold secrets); before, always.
+_ARGUMENTS_ONLY_IN_DEBUG = sys.version_info >= (3, 13)
 
 
 def creation_stack() -> traceback.StackSummary:
@@ -63,6 +68,37 @@ def callback_name(callback: Callable[..., object]) -> str:
         callback = callback.func
     name = getattr(callback, "__qualname__", None) or getattr(callback, "__name__", None)
     return name if isinstance(name, str) else repr(callback)
+
+
+def format_callback(callback: Callable[..., object], args: Sequence[Any], debug: bool) -> str:
+    """A callback and its arguments as asyncio's reports show them.
+
+    ``name(arguments) at FILE:LINE``: the arguments shortened by
+    :mod:`reprlib` (from Python 3.13, in debug mode only), a partial's own
+    arguments first (``f(1)(2)``), and the place of a function's ``def``
+    (a method or a builtin has none).
+    """
+    shown = debug or not _ARGUMENTS_ONLY_IN_DEBUG
+    text = _format_arguments(args, {}, shown)
+    func: Any = callback
+    while isinstance(func, functools.partial):
+        text = _format_arguments(func.args, func.keywords, shown) + text
+        func = func.func
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+    text = f"{name}{text}"
+    unwrapped = inspect.unwrap(func)
+    if inspect.isfunction(unwrapped):
+        code = unwrapped.__code__
+        text += f" at {code.co_filename}:{code.co_firstlineno}"
+    return text
+
+
+def _format_arguments(args: Sequence[Any], keywords: dict[str, Any], shown: bool) -> str:
+    if not shown:
+        return "()"
+    items = [reprlib.repr(arg) for arg in args]
+    items += [f"{key}={reprlib.repr(value)}" for key, value in keywords.items()]
+    return f"({', '.join(items)})"
 
 
 class Handle(asyncio.Handle):
@@ -98,6 +134,10 @@ class Handle(asyncio.Handle):
         """Make sure the callback never runs.  Cancelling twice is harmless."""
         if not self._cancelled:
             self._cancelled = True
+            if self._loop._debug:
+                # Keep the callback in the repr, for debug mode's reports
+                # (a slow callback may cancel its own handle).
+                self._repr = repr(self)
             # Drop the references now: a cancelled timer can sit in the heap
             # for a long time, and it must not keep big objects alive.
             self._callback = None
@@ -111,15 +151,28 @@ class Handle(asyncio.Handle):
         """The :class:`contextvars.Context` the callback runs in."""
         return self._context
 
-    def _describe(self) -> str:
+    def _format_callback(self) -> str:
+        """The callback and its arguments, for reports (see :func:`format_callback`)."""
         if self._callback is None:
             return "<cancelled>"
-        args = ", ".join(reprlib.repr(arg) for arg in self._args)
-        return f"{callback_name(self._callback)}({args})"
+        return format_callback(self._callback, self._args, self._loop._debug)
+
+    def _repr_info(self) -> list[str]:
+        # As asyncio shows a handle: its class, "cancelled", the callback,
+        # and in debug mode the line that scheduled it.
+        info = [type(self).__name__]
+        if self._cancelled:
+            info.append("cancelled")
+        if self._callback is not None:
+            info.append(self._format_callback())
+        if self._source_traceback:
+            frame = self._source_traceback[-1]
+            info.append(f"created at {frame.filename}:{frame.lineno}")
+        return info
 
     def __repr__(self) -> str:
-        state = " cancelled" if self._cancelled else ""
-        return f"<{type(self).__name__}{state} {self._describe()}>"
+        kept: str | None = getattr(self, "_repr", None)  # see cancel()
+        return kept if kept is not None else f"<{' '.join(self._repr_info())}>"
 
 
 class TimerHandle(Handle, asyncio.TimerHandle):
@@ -164,5 +217,7 @@ class TimerHandle(Handle, asyncio.TimerHandle):
             # right away, and must see this timer as cancelled when it does.
             self._loop._timer_cancelled()
 
-    def _describe(self) -> str:
-        return f"{super()._describe()} when={self._when:.3f}"
+    def _repr_info(self) -> list[str]:
+        info = super()._repr_info()
+        info.insert(2 if self._cancelled else 1, f"when={self._when}")
+        return info

@@ -142,9 +142,13 @@ class Task(Future[_T]):
 
     def __del__(self) -> None:
         if self._log_destroy_pending and self._state is _PENDING:
-            self._loop.call_exception_handler(
-                {"message": "Task was destroyed but it is pending!", "task": self}
-            )
+            context: dict[str, Any] = {
+                "message": "Task was destroyed but it is pending!",
+                "task": self,
+            }
+            if self._source_traceback:
+                context["source_traceback"] = self._source_traceback
+            self._loop.call_exception_handler(context)
         super().__del__()
 
     def _repr_info(self) -> list[str]:

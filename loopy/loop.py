@@ -774,6 +774,11 @@ class Loop(
         self._check_closed()
         if self._task_factory is None:
             task: asyncio.Task[_T] = self._task_class(coro, loop=self, name=name, context=context)
+            if task._source_traceback and self.task_mode == "asyncio":
+                # Debug mode: asyncio's Task recorded this very line last;
+                # the user's call to create_task is where it was made.
+                # (loopy's Task skips loopy's frames itself.)
+                del task._source_traceback[-1]
         else:
             if context is None:
                 task = self._task_factory(self, coro)

@@ -10,10 +10,12 @@ running Python's asyncio, found by running the case on asyncio's loop.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import logging
 import re
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,25 +23,76 @@ import pytest
 from tests.helpers import ALL_KINDS, make_loop
 
 
-@pytest.fixture
-def records(caplog: pytest.LogCaptureFixture) -> Iterator[list[logging.LogRecord]]:
-    """The records of the ``asyncio`` and ``loopy`` loggers, from DEBUG up."""
-    caplog.set_level(logging.DEBUG, logger="asyncio")
-    caplog.set_level(logging.DEBUG, logger="loopy")
-    yield caplog.records
+class Records(logging.Handler):
+    """Collects what the ``asyncio`` and ``loopy`` loggers emit, while in a ``with``."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def __enter__(self) -> Records:
+        for name in LOGGERS:
+            logging.getLogger(name).addHandler(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for name in LOGGERS:
+            logging.getLogger(name).removeHandler(self)
+
+    def seen(self) -> list[tuple[str, str, str, str | None]]:
+        """(logger, level, message, exception type) of each record, addresses masked."""
+        return [
+            (
+                r.name,
+                r.levelname,
+                mask(r.getMessage()),
+                r.exc_info[0].__name__ if r.exc_info and r.exc_info[0] else None,
+            )
+            for r in self.records
+        ]
 
 
-def seen(records: list[logging.LogRecord]) -> list[tuple[str, str, str]]:
-    """(logger, level, first line of the message) of each record, addresses masked."""
-    return [
-        (r.name, r.levelname, _mask(r.getMessage().splitlines()[0]))
-        for r in records
-        if r.name in ("asyncio", "loopy")
-    ]
+LOGGERS = ("asyncio", "loopy")
 
 
-def _mask(text: str) -> str:
-    return re.sub(r"0x[0-9a-f]+", "0x…", text)
+def mask(text: str) -> str:
+    """``text`` without what differs from run to run (addresses) or from loop to loop.
+
+    In debug mode a future remembers where it was made: for one made by
+    ``loop.create_future()``, asyncio's Future names the loop's own line
+    last (asyncio's or loopy's), loopy's Future the caller's line (it skips
+    loopy's frames).  That last frame is left out.
+    """
+    text = re.sub(r"0x[0-9a-f]+", "0x…", text)
+    loop_code = r"[^\s\"]*(?:asyncio/base_events|loopy/loop)\.py"
+    text = re.sub(r"(<Future [^<>]*) created at [^>]*>", r"\1 created at …>", text)
+    text = re.sub(rf'\n  File "{loop_code}", line \d+, in create_future\n[^\n]*', "", text)
+    return _innermost_frames(text)
+
+
+def _innermost_frames(text: str, keep: int = 3) -> str:
+    """Each stack in ``text`` cut to its ``keep`` innermost frames.
+
+    asyncio records at most 10 frames and then drops its own (8 or 9
+    remain), loopy skips its own and records 10: the frames near the call
+    are the same, the outermost ones may differ in number.
+    """
+    out: list[str] = []
+    frames: list[str] = []
+    for line in text.split("\n"):
+        if line.startswith("  File "):
+            frames.append(line)
+        elif line.startswith("    ") and frames:
+            frames[-1] += "\n" + line
+        else:
+            out += frames[-keep:]
+            frames = []
+            out.append(line)
+    out += frames[-keep:]
+    return "\n".join(out)
 
 
 def run_briefly(loop: Any, iterations: int = 3) -> None:
@@ -129,3 +182,202 @@ def test_a_dropped_failed_task_is_reported_when_collected(issue_program: bool) -
         lambda loop: _never_retrieved_reports(loop, issue_program), virtual=True
     )
     assert assert_all_alike(reports) == ["Task exception was never retrieved"]
+
+
+# ----------------------------------------------------------------------
+# 1, 3, 4. Error reports: on asyncio's logger, with asyncio's context and format
+# ----------------------------------------------------------------------
+
+
+def _broken(*args: object) -> None:
+    raise ValueError("broken callback")
+
+
+async def _fail_later() -> None:
+    await asyncio.sleep(0)
+    raise ValueError("failed task")
+
+
+def _report_errors(loop: Any, debug: bool) -> list[tuple[str, str, str, str | None]]:
+    """Errors of every kind the loop reports, through the default handler; the log."""
+    loop.set_debug(debug)
+    with Records() as records:
+        loop.call_soon(_broken, "argument")
+        loop.call_later(0.001, _broken)
+        future = loop.create_future()
+        future.set_exception(ValueError("failed future"))
+        del future
+        loop.create_task(_fail_later(), name="dropped")
+        loop.run_until_complete(asyncio.sleep(0.01))
+        gc.collect()
+        loop.call_exception_handler({"message": "plain", "extra": 1})
+        loop.call_exception_handler({})
+    return records.seen()
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_errors_are_logged_as_asyncio_logs_them(debug: bool) -> None:
+    log = assert_all_alike(on_every_loop(lambda loop: _report_errors(loop, debug), virtual=True))
+    assert {name for name, *_ in log} == {"asyncio"}
+    messages = [message.splitlines()[0] for _, _, message, _ in log]
+    where = f"at {__file__}:{_broken.__code__.co_firstlineno}"
+    argument = "'argument'" if debug or not ARGS_HIDDEN else ""
+    assert messages == [
+        "Future exception was never retrieved",
+        f"Exception in callback _broken({argument}) {where}",
+        "Task exception was never retrieved",
+        f"Exception in callback _broken() {where}",
+        "plain",
+        "Unhandled exception in event loop",
+    ]
+    if debug:
+        # Where each object was made, as a stack (and not also as a list).
+        with_stacks = [m for _, _, m, _ in log if "Object created at" in m]
+        assert len(with_stacks) == 4
+        assert all("FrameSummary" not in m for _, _, m, _ in log)
+
+
+def _handler_contexts(loop: Any, debug: bool) -> list[tuple[str, list[str]]]:
+    """The keys of the context the exception handler gets, for each kind of error."""
+    loop.set_debug(debug)
+    contexts: list[tuple[str, list[str]]] = []
+    loop.set_exception_handler(
+        lambda _loop, context: contexts.append((context["message"][:20], sorted(context)))
+    )
+    loop.call_soon(_broken)
+    loop.call_later(0.001, _broken)
+    future = loop.create_future()
+    future.set_exception(ValueError("failed future"))
+    del future
+    loop.create_task(_fail_later(), name="dropped")
+    loop.run_until_complete(asyncio.sleep(0.01))
+    gc.collect()
+    return contexts
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_the_handler_gets_asyncio_s_context(debug: bool) -> None:
+    contexts = assert_all_alike(
+        on_every_loop(lambda loop: _handler_contexts(loop, debug), virtual=True)
+    )
+    origin = ["source_traceback"] if debug else []
+    assert contexts == [
+        ("Future exception was", sorted(["exception", "future", "message", *origin])),
+        ("Exception in callbac", sorted(["exception", "handle", "message", *origin])),
+        ("Task exception was n", sorted(["exception", "future", "message", *origin])),
+        ("Exception in callbac", sorted(["exception", "handle", "message", *origin])),
+    ]
+
+
+def test_a_report_made_inside_a_callback_says_where_it_was_scheduled() -> None:
+    def report(loop: Any) -> list[tuple[str, str, str, str | None]]:
+        loop.set_debug(True)
+        with Records() as records:
+            loop.call_soon(loop.call_exception_handler, {"message": "from a callback"})
+            loop.run_until_complete(asyncio.sleep(0))
+        return records.seen()
+
+    [(_, _, message, _)] = assert_all_alike(on_every_loop(report))
+    assert message.startswith("from a callback\nhandle_traceback: Handle created at")
+
+
+# ----------------------------------------------------------------------
+# 2. Debug mode's slow callbacks name the task
+# ----------------------------------------------------------------------
+
+
+async def _blocking_step(clock: Any) -> None:
+    clock.advance(0.3)  # as if it blocked the loop for 0.3 s
+    await asyncio.sleep(1)
+
+
+def _slow_callback(seconds: float) -> None:
+    _clock_of_the_test[0].advance(seconds)
+
+
+_clock_of_the_test: list[Any] = []
+
+
+def _slow_things(loop: Any) -> list[tuple[str, str, str, str | None]]:
+    loop.set_debug(True)
+    _clock_of_the_test[:] = [loop.virtual_clock]
+    with Records() as records:
+        loop.call_soon(_slow_callback, 0.25)
+        loop.create_task(_blocking_step(loop.virtual_clock), name="blocker")
+        loop.call_later(2, loop.stop)
+        loop.run_forever()
+    return records.seen()
+
+
+def test_slow_callbacks_and_task_steps_are_named_as_asyncio_names_them() -> None:
+    logs = on_every_loop(_slow_things, virtual=True)
+    # asyncio's C Task shows the same repr on asyncio's loop and on loopy's.
+    reference = assert_all_alike({kind: logs[kind] for kind in ("asyncio", "loopy")})
+    callback, step = reference
+    where = f"{__file__}:{_slow_callback.__code__.co_firstlineno}"
+    assert callback[:2] == ("asyncio", "WARNING")
+    assert re.fullmatch(
+        rf"Executing <Handle _slow_callback\(0\.25\) at {where} created at {__file__}:\d+> "
+        r"took 0\.250 seconds",
+        callback[2],
+    )
+    assert step[2].startswith(
+        "Executing <Task pending name='blocker' coro=<_blocking_step() running at "
+    )
+    # loopy's own Task gives the same information, in its own repr.
+    own_callback, own_step = logs["loopy-own"]
+    assert own_callback == callback
+    assert own_step[:2] == ("asyncio", "WARNING")
+    head = re.match(r"Executing <Task pending name='blocker' coro=<[^>]*>", step[2])
+    assert head is not None
+    assert own_step[2].startswith(head.group())
+    assert own_step[2].endswith("took 0.300 seconds")
+    assert re.search(rf"created at {__file__}:\d+> took", own_step[2])
+
+
+# ----------------------------------------------------------------------
+# Python 3.12: the exception handler runs in the failing task's or handle's context
+# ----------------------------------------------------------------------
+
+_name: contextvars.ContextVar[str] = contextvars.ContextVar("name", default="outside")
+
+#: Python 3.12 made asyncio call the handler in the failing object's context.
+HANDLER_IN_CONTEXT = sys.version_info >= (3, 12)
+#: Python 3.13 shows a callback's arguments only in debug mode.
+ARGS_HIDDEN = sys.version_info >= (3, 13)
+
+
+def _set_and_fail() -> None:
+    _name.set("inside")
+    raise ValueError("callback")
+
+
+async def _set_and_fail_task() -> None:
+    _name.set("inside")
+    raise ValueError("task")
+
+
+def _seen_by_handler(loop: Any) -> list[tuple[str, str]]:
+    seen: list[tuple[str, str]] = []
+    loop.set_exception_handler(
+        lambda _loop, context: seen.append((context["message"][:20], _name.get()))
+    )
+
+    async def main() -> None:
+        loop.call_soon(_set_and_fail)
+        loop.create_task(_set_and_fail_task())  # dropped: reported when it fails
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    loop.run_until_complete(main())
+    gc.collect()
+    return seen
+
+
+def test_the_exception_handler_runs_in_the_failing_context_from_3_12() -> None:
+    seen = assert_all_alike(on_every_loop(_seen_by_handler))
+    expected = "inside" if HANDLER_IN_CONTEXT else "outside"
+    assert seen == [
+        ("Exception in callbac", expected),
+        ("Task exception was n", expected),
+    ]

@@ -820,7 +820,10 @@ def test_repr(own_loop: Any) -> None:
     assert repr(task).startswith("<Task cancelling name='napper'")
     with pytest.raises(CancelledError):
         own_loop.run_until_complete(task)
-    assert repr(task) == "<Task cancelled name='napper' coro=<test_repr.<locals>.sleeper() done>>"
+    defined = f"{__file__}:{sleeper.__code__.co_firstlineno}"
+    assert repr(task) == (
+        f"<Task cancelled name='napper' coro=<test_repr.<locals>.sleeper() done, defined at {defined}>>"
+    )
 
 
 def test_repr_of_a_finished_task(any_loop: Any) -> None:

@@ -101,6 +101,19 @@ def _format_arguments(args: Sequence[Any], keywords: dict[str, Any], shown: bool
     return f"({', '.join(items)})"
 
 
+def check_callable(callback: object, method: str) -> None:
+    """Refuse what asyncio refuses as a callback: a coroutine (function), or no callable.
+
+    A coroutine function called as a callback would only make a coroutine
+    that nobody awaits.  The loop checks where asyncio does, in debug mode:
+    ``call_soon``, ``call_at``, ``call_soon_threadsafe``, ``run_in_executor``.
+    """
+    if asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback):
+        raise TypeError(f"coroutines cannot be used with {method}()")
+    if not callable(callback):
+        raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")
+
+
 class Handle(asyncio.Handle):
     """A callback, its arguments and its context, scheduled on a loop.
 

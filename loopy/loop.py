@@ -58,7 +58,7 @@ from .connections import ConnectionMethods
 from .datagrams import DatagramMethods
 from .epoll import default_selector, readiness_of
 from .futures import Future as LoopyFuture
-from .handles import DEBUG_STACK_DEPTH, Handle, TimerHandle
+from .handles import DEBUG_STACK_DEPTH, Handle, TimerHandle, check_callable
 from .instruments import Hooks
 from .pipes import PipeMethods
 from .sendfile import SendfileMethods
@@ -599,7 +599,7 @@ class Loop(
 
     def _check_callback(self, callback: object, method: str) -> None:
         """Debug mode's checks of a callback scheduled from the loop's own thread."""
-        _check_callable(callback, method)
+        check_callable(callback, method)
         if self._thread_id is not None and self._thread_id != threading.get_ident():
             raise RuntimeError(
                 "Non-thread-safe operation invoked on an event loop other than the current one"
@@ -774,11 +774,12 @@ class Loop(
         self._check_closed()
         if self._task_factory is None:
             task: asyncio.Task[_T] = self._task_class(coro, loop=self, name=name, context=context)
-            if task._source_traceback and self.task_mode == "asyncio":
+            origin = getattr(task, "_source_traceback", None)
+            if origin and self.task_mode == "asyncio":
                 # Debug mode: asyncio's Task recorded this very line last;
                 # the user's call to create_task is where it was made.
                 # (loopy's Task skips loopy's frames itself.)
-                del task._source_traceback[-1]
+                del origin[-1]
         else:
             if context is None:
                 task = self._task_factory(self, coro)
@@ -990,18 +991,6 @@ class Loop(
                         "asyncgen": agen,
                     }
                 )
-
-
-def _check_callable(callback: object, method: str) -> None:
-    """Refuse what asyncio refuses as a callback: a coroutine (function), or no callable.
-
-    A coroutine function called as a callback would only make a coroutine
-    that nobody awaits.  The loop checks where asyncio does (see README).
-    """
-    if asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback):
-        raise TypeError(f"coroutines cannot be used with {method}()")
-    if not callable(callback):
-        raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")
 
 
 def _describe_handle(handle: Handle) -> str:

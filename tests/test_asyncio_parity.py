@@ -14,6 +14,8 @@ import contextvars
 import gc
 import logging
 import re
+import signal
+import socket
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -381,3 +383,118 @@ def test_the_exception_handler_runs_in_the_failing_context_from_3_12() -> None:
         ("Exception in callbac", expected),
         ("Task exception was n", expected),
     ]
+
+
+# ----------------------------------------------------------------------
+# 6. Callbacks refused exactly where asyncio refuses them
+# ----------------------------------------------------------------------
+
+
+async def _coroutine_function() -> None:
+    pass
+
+
+def _plain_function() -> None:
+    pass
+
+
+#: Every loop method that takes a callback, called with ``callback``.
+CALLBACK_METHODS: dict[str, Callable[[Any, Any, Any], Any]] = {
+    "call_soon": lambda loop, cb, fd: loop.call_soon(cb),
+    "call_later": lambda loop, cb, fd: loop.call_later(60, cb),
+    "call_at": lambda loop, cb, fd: loop.call_at(loop.time() + 60, cb),
+    "call_soon_threadsafe": lambda loop, cb, fd: loop.call_soon_threadsafe(cb),
+    "run_in_executor": lambda loop, cb, fd: loop.run_in_executor(None, cb),
+    "add_reader": lambda loop, cb, fd: loop.add_reader(fd, cb),
+    "add_writer": lambda loop, cb, fd: loop.add_writer(fd, cb),
+    "add_signal_handler": lambda loop, cb, fd: loop.add_signal_handler(signal.SIGUSR1, cb),
+    "set_exception_handler": lambda loop, cb, fd: loop.set_exception_handler(cb),
+    "set_task_factory": lambda loop, cb, fd: loop.set_task_factory(cb),
+}
+
+#: What each method is given: the name, and a maker of a new one.
+CALLBACKS: dict[str, Callable[[], Any]] = {
+    "coroutine function": lambda: _coroutine_function,
+    "coroutine": _coroutine_function,
+    "not callable": lambda: 42,
+    "function": lambda: _plain_function,
+}
+
+
+def _what_each_method_does(loop: Any) -> dict[tuple[str, str, bool], str]:
+    """For each method, callback and debug mode: "accepted", or the error raised."""
+    outcomes = {}
+    reader, writer = socket.socketpair()
+    try:
+        for debug in (False, True):
+            loop.set_debug(debug)
+            for method, call in CALLBACK_METHODS.items():
+                for what, make in CALLBACKS.items():
+                    callback = make()
+                    fd = reader if method == "add_reader" else writer
+                    try:
+                        result = call(loop, callback, fd)
+                    except (TypeError, ValueError, RuntimeError) as exc:
+                        outcome = mask(f"{type(exc).__name__}: {exc}")
+                    else:
+                        outcome = "accepted"
+                        _undo(loop, method, result, fd)
+                    finally:
+                        if asyncio.iscoroutine(callback):
+                            callback.close()
+                    outcomes[method, what, debug] = outcome
+    finally:
+        reader.close()
+        writer.close()
+    return outcomes
+
+
+def _undo(loop: Any, method: str, result: Any, fd: socket.socket) -> None:
+    if isinstance(result, asyncio.Handle):
+        result.cancel()
+    elif method == "run_in_executor":
+        # The thread calls it: its outcome (a coroutine, or a TypeError) is not our business.
+        outcome = loop.run_until_complete(asyncio.gather(result, return_exceptions=True))
+        for each in outcome:
+            if asyncio.iscoroutine(each):
+                each.close()
+    elif method == "add_reader":
+        loop.remove_reader(fd)
+    elif method == "add_writer":
+        loop.remove_writer(fd)
+    elif method == "add_signal_handler":
+        loop.remove_signal_handler(signal.SIGUSR1)
+    elif method == "set_exception_handler":
+        loop.set_exception_handler(None)
+    elif method == "set_task_factory":
+        loop.set_task_factory(None)
+
+
+def test_callbacks_are_refused_exactly_where_asyncio_refuses_them() -> None:
+    outcomes = assert_all_alike(on_every_loop(_what_each_method_does))
+    refused = {key for key, outcome in outcomes.items() if outcome != "accepted"}
+    always = {("add_signal_handler", "coroutine function", d) for d in (False, True)} | {
+        ("add_signal_handler", "coroutine", d) for d in (False, True)
+    }
+    checked_in_debug = {
+        "call_soon",
+        "call_later",
+        "call_at",
+        "call_soon_threadsafe",
+        "run_in_executor",
+    }
+    in_debug = {
+        (method, what, True)
+        for method in checked_in_debug
+        for what in ("coroutine function", "coroutine", "not callable")
+    }
+    callables_only = {  # (a coroutine is no callable)
+        (method, what, debug)
+        for method in ("set_exception_handler", "set_task_factory")
+        for what in ("coroutine", "not callable")
+        for debug in (False, True)
+    }
+    assert refused == always | in_debug | callables_only
+    assert outcomes["add_signal_handler", "coroutine function", False] == (
+        "TypeError: coroutines cannot be used with add_signal_handler()"
+    )

@@ -822,7 +822,8 @@ def test_repr(own_loop: Any) -> None:
         own_loop.run_until_complete(task)
     defined = f"{__file__}:{sleeper.__code__.co_firstlineno}"
     assert repr(task) == (
-        f"<Task cancelled name='napper' coro=<test_repr.<locals>.sleeper() done, defined at {defined}>>"
+        "<Task cancelled name='napper' coro=<test_repr.<locals>.sleeper() done, "
+        f"defined at {defined}>>"
     )
 
 

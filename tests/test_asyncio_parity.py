@@ -13,9 +13,11 @@ import asyncio
 import contextvars
 import gc
 import logging
+import os
 import re
 import signal
 import socket
+import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -498,3 +500,129 @@ def test_callbacks_are_refused_exactly_where_asyncio_refuses_them() -> None:
     assert outcomes["add_signal_handler", "coroutine function", False] == (
         "TypeError: coroutines cannot be used with add_signal_handler()"
     )
+
+
+# ----------------------------------------------------------------------
+# 5. Transports: asyncio's interface, method for method
+# ----------------------------------------------------------------------
+
+_ABSTRACT = (
+    asyncio.BaseTransport,
+    asyncio.ReadTransport,
+    asyncio.WriteTransport,
+    asyncio.Transport,
+    asyncio.DatagramTransport,
+    asyncio.SubprocessTransport,
+)
+
+
+def interface(transport: Any) -> dict[str, str]:
+    """Each public method of ``transport``: "works", or "NotImplementedError".
+
+    A method that only asyncio's abstract base classes define, and that
+    raises NotImplementedError there, does not work; anything else does.
+    Also which of asyncio's transport classes it is an instance of.
+    """
+    described = {}
+    for name in dir(transport):
+        if name.startswith("_") or not callable(getattr(transport, name)):
+            continue
+        owner = next(cls for cls in type(transport).__mro__ if name in vars(cls))
+        function = vars(owner)[name]
+        abstract = owner in _ABSTRACT and "NotImplementedError" in function.__code__.co_names
+        described[name] = "NotImplementedError" if abstract else "works"
+    for cls in _ABSTRACT:
+        described[f"isinstance {cls.__name__}"] = str(isinstance(transport, cls))
+    return described
+
+
+async def _every_transport(loop: Any) -> dict[str, Any]:
+    """One transport of each kind the loop makes, by kind (all open)."""
+    server = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+    stream, _ = await loop.create_connection(asyncio.Protocol, *server.sockets[0].getsockname())
+    datagram, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0)
+    )
+    read_end, write_end = os.pipe()
+    read_pipe, _ = await loop.connect_read_pipe(asyncio.Protocol, os.fdopen(read_end, "rb", 0))
+    write_pipe, _ = await loop.connect_write_pipe(asyncio.Protocol, os.fdopen(write_end, "wb", 0))
+    process, _ = await loop.subprocess_exec(
+        _Exits,
+        sys.executable,
+        "-c",
+        "import sys; sys.stdin.read()",
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    server.close()
+    return {
+        "stream": stream,
+        "datagram": datagram,
+        "read pipe": read_pipe,
+        "write pipe": write_pipe,
+        "subprocess": process,
+        "subprocess stdin": process.get_pipe_transport(0),
+    }
+
+
+class _Exits(asyncio.SubprocessProtocol):
+    def __init__(self) -> None:
+        self.exited = asyncio.get_running_loop().create_future()
+
+    def process_exited(self) -> None:
+        self.exited.set_result(None)
+
+
+async def _close_all(transports: dict[str, Any]) -> None:
+    process = transports.pop("subprocess")
+    for transport in transports.values():
+        transport.close()
+    await process.get_protocol().exited  # the child ends once its stdin is closed
+    process.close()
+    await asyncio.sleep(0)
+
+
+def _interfaces(loop: Any) -> dict[str, Any]:
+    async def main() -> dict[str, Any]:
+        transports = await _every_transport(loop)
+        try:
+            seen: dict[str, Any] = {kind: interface(t) for kind, t in transports.items()}
+            # What the reading methods do on each, called as a library would.
+            for kind, transport in transports.items():
+                if kind == "subprocess":
+                    continue
+                calls = []
+                for method in ("is_reading", "pause_reading", "is_reading", "resume_reading"):
+                    try:
+                        calls.append(repr(getattr(transport, method)()))
+                    except NotImplementedError:
+                        calls.append("NotImplementedError")
+                seen[kind]["reading, paused, resumed"] = calls
+            return seen
+        finally:
+            await _close_all(transports)
+
+    result: dict[str, Any] = loop.run_until_complete(asyncio.wait_for(main(), 10))
+    return result
+
+
+def test_every_transport_has_asyncio_s_interface() -> None:
+    seen = on_every_loop(_interfaces)
+    if sys.version_info < (3, 12):
+        # 3.11's datagram transport is not an asyncio.DatagramTransport
+        # (3.12 made it one); loopy's is one on every version.
+        assert seen["asyncio"]["datagram"]["isinstance DatagramTransport"] == "False"
+        seen["asyncio"]["datagram"]["isinstance DatagramTransport"] = "True"
+    for kind in seen["asyncio"]:
+        assert_all_alike({loop: interfaces[kind] for loop, interfaces in seen.items()})
+    # What the issue was about: a write pipe is a full Transport whose
+    # reading methods raise NotImplementedError, as asyncio's does.
+    for kind in ("write pipe", "subprocess stdin"):
+        assert seen["loopy"][kind]["isinstance Transport"] == "True"
+        assert seen["loopy"][kind]["reading, paused, resumed"] == ["NotImplementedError"] * 4
+    assert seen["loopy"]["datagram"]["reading, paused, resumed"] == [
+        "True",
+        "None",
+        "False",
+        "None",
+    ]

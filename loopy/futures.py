@@ -45,7 +45,7 @@ from collections.abc import Callable, Generator
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 
-from .handles import callback_name, creation_stack
+from .handles import creation_stack, format_callback
 
 __all__ = ["CancelledError", "Future", "InvalidStateError"]
 
@@ -156,8 +156,11 @@ class Future(Generic[_T]):
             else:
                 info.append(f"result={reprlib.repr(self._result)}")
         if self._callbacks:
-            names = ", ".join(callback_name(fn) for fn, _ in self._callbacks)
-            info.append(f"cb=[{names}]")
+            # As asyncio lists them: the first and the last, and how many between.
+            shown = [format_callback(fn, (), debug=False) for fn, _ in self._callbacks]
+            if len(shown) > 2:
+                shown = [shown[0], f"<{len(shown) - 2} more>", shown[-1]]
+            info.append(f"cb=[{', '.join(shown)}]")
         if self._source_traceback:
             frame = self._source_traceback[-1]
             info.append(f"created at {frame.filename}:{frame.lineno}")

@@ -63,7 +63,7 @@ LOGGERS = ("asyncio", "loopy")
 
 
 def mask(text: str) -> str:
-    """``text`` without what differs from run to run (addresses) or from loop to loop.
+    """``text`` without what differs from run to run (addresses) or between loops.
 
     In debug mode a future remembers where it was made: for one made by
     ``loop.create_future()``, asyncio's Future names the loop's own line
@@ -71,6 +71,9 @@ def mask(text: str) -> str:
     loopy's frames).  That last frame is left out.
     """
     text = re.sub(r"0x[0-9a-f]+", "0x…", text)
+    # A task's wake-up method, in the callbacks of the future it waits for:
+    # asyncio's C Task calls it task_wakeup, loopy's Task _wakeup.
+    text = text.replace("cb=[Task._wakeup()]", "cb=[Task.task_wakeup()]")
     loop_code = r"[^\s\"]*(?:asyncio/base_events|loopy/loop)\.py"
     text = re.sub(r"(<Future [^<>]*) created at [^>]*>", r"\1 created at …>", text)
     text = re.sub(rf'\n  File "{loop_code}", line \d+, in create_future\n[^\n]*', "", text)
@@ -202,6 +205,11 @@ async def _fail_later() -> None:
     raise ValueError("failed task")
 
 
+async def _wait_for_nothing(loop: Any) -> None:
+    # It waits for a future only it holds: collected with it, still pending.
+    await loop.create_future()
+
+
 def _report_errors(loop: Any, debug: bool) -> list[tuple[str, str, str, str | None]]:
     """Errors of every kind the loop reports, through the default handler; the log."""
     loop.set_debug(debug)
@@ -212,6 +220,7 @@ def _report_errors(loop: Any, debug: bool) -> list[tuple[str, str, str, str | No
         future.set_exception(ValueError("failed future"))
         del future
         loop.create_task(_fail_later(), name="dropped")
+        loop.create_task(_wait_for_nothing(loop), name="forgotten")
         loop.run_until_complete(asyncio.sleep(0.01))
         gc.collect()
         loop.call_exception_handler({"message": "plain", "extra": 1})
@@ -231,13 +240,14 @@ def test_errors_are_logged_as_asyncio_logs_them(debug: bool) -> None:
         f"Exception in callback _broken({argument}) {where}",
         "Task exception was never retrieved",
         f"Exception in callback _broken() {where}",
+        "Task was destroyed but it is pending!",
         "plain",
         "Unhandled exception in event loop",
     ]
     if debug:
         # Where each object was made, as a stack (and not also as a list).
         with_stacks = [m for _, _, m, _ in log if "Object created at" in m]
-        assert len(with_stacks) == 4
+        assert len(with_stacks) == 5
         assert all("FrameSummary" not in m for _, _, m, _ in log)
 
 
@@ -254,6 +264,7 @@ def _handler_contexts(loop: Any, debug: bool) -> list[tuple[str, list[str]]]:
     future.set_exception(ValueError("failed future"))
     del future
     loop.create_task(_fail_later(), name="dropped")
+    loop.create_task(_wait_for_nothing(loop), name="forgotten")
     loop.run_until_complete(asyncio.sleep(0.01))
     gc.collect()
     return contexts
@@ -270,6 +281,7 @@ def test_the_handler_gets_asyncio_s_context(debug: bool) -> None:
         ("Exception in callbac", sorted(["exception", "handle", "message", *origin])),
         ("Task exception was n", sorted(["exception", "future", "message", *origin])),
         ("Exception in callbac", sorted(["exception", "handle", "message", *origin])),
+        ("Task was destroyed b", sorted(["message", "task", *origin])),
     ]
 
 
@@ -592,7 +604,7 @@ def _interfaces(loop: Any) -> dict[str, Any]:
                 if kind == "subprocess":
                     continue
                 calls = []
-                for method in ("is_reading", "pause_reading", "is_reading", "resume_reading"):
+                for method in READING_METHODS:
                     try:
                         calls.append(repr(getattr(transport, method)()))
                     except NotImplementedError:
@@ -604,6 +616,18 @@ def _interfaces(loop: Any) -> dict[str, Any]:
 
     result: dict[str, Any] = loop.run_until_complete(asyncio.wait_for(main(), 10))
     return result
+
+
+#: Called in this order on each transport: pausing or resuming twice is harmless.
+READING_METHODS = (
+    "is_reading",
+    "pause_reading",
+    "pause_reading",
+    "is_reading",
+    "resume_reading",
+    "resume_reading",
+    "is_reading",
+)
 
 
 def test_every_transport_has_asyncio_s_interface() -> None:
@@ -619,10 +643,13 @@ def test_every_transport_has_asyncio_s_interface() -> None:
     # reading methods raise NotImplementedError, as asyncio's does.
     for kind in ("write pipe", "subprocess stdin"):
         assert seen["loopy"][kind]["isinstance Transport"] == "True"
-        assert seen["loopy"][kind]["reading, paused, resumed"] == ["NotImplementedError"] * 4
+        assert seen["loopy"][kind]["reading, paused, resumed"] == ["NotImplementedError"] * 7
     assert seen["loopy"]["datagram"]["reading, paused, resumed"] == [
         "True",
         "None",
+        "None",
         "False",
         "None",
+        "None",
+        "True",
     ]

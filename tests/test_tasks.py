@@ -815,7 +815,7 @@ def test_repr(own_loop: Any) -> None:
         "<Task pending name='napper' coro=<test_repr.<locals>.sleeper() running at "
     )
     run_ready(own_loop)
-    assert "wait_for=<Future pending cb=[Task._wakeup]>" in repr(task)
+    assert "wait_for=<Future pending cb=[Task._wakeup()]>" in repr(task)
     task.cancel()
     assert repr(task).startswith("<Task cancelling name='napper'")
     with pytest.raises(CancelledError):

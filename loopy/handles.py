@@ -123,7 +123,9 @@ class Handle(asyncio.Handle):
     It subclasses :class:`asyncio.Handle` only so that code checking
     ``isinstance(h, asyncio.Handle)`` (and type checkers) accept it; every
     method is our own, and the slots (``_callback``, ``_args``, ``_context``,
-    ``_loop``, ``_cancelled``) come from that base class.
+    ``_loop``, ``_cancelled``, ``_source_traceback``, ``_repr``) come from
+    that base class.  Its repr is asyncio's, since users read it in logs:
+    ``<Handle cb(args) at FILE:LINE created at FILE:LINE>``.
     """
 
     __slots__ = ()

@@ -353,21 +353,28 @@ class ConnectionMethods:
         if interleave:
             infos = _interleave(infos, interleave)
         errors: list[OSError] = []
-        attempts = [
-            functools.partial(self._connect_one, errors, info, local_infos) for info in infos
-        ]
         sock: socket.socket | None = None
         if happy_eyeballs_delay is None:
-            for attempt in attempts:
+            for info in infos:
                 try:
-                    sock = await attempt()
+                    sock = await self._connect_one(errors, info, local_infos)
                     break
                 except OSError:
                     continue
         else:
+            attempts = [
+                functools.partial(self._connect_one, errors, info, local_infos) for info in infos
+            ]
             sock, _, _ = await staggered.staggered_race(attempts, happy_eyeballs_delay, loop=self)  # type: ignore[arg-type]
+            del attempts  # they hold the list of errors (see below)
         if sock is None:
-            raise _connect_error(errors, all_errors)
+            try:
+                raise _connect_error(errors, all_errors)
+            finally:
+                # The error's traceback holds this frame, and the list holds
+                # the error: without it, no reference cycle keeps the error
+                # alive once the caller is done with it.
+                del errors
         return sock
 
     async def _connect_one(
@@ -390,6 +397,10 @@ class ConnectionMethods:
             if isinstance(exc, OSError):
                 errors.append(exc)
             raise
+        finally:
+            # As in _connect_to_any: the error's traceback holds this frame,
+            # which must not hold the list that holds the error.
+            del errors
         return sock
 
     @staticmethod

@@ -51,7 +51,9 @@ from .transports import (
     start_transport,
 )
 
-logger = logging.getLogger("loopy")
+# Its warnings are the ones asyncio gives for the same events, so they go
+# where asyncio's users look for them: the logger named "asyncio".
+logger = logging.getLogger("asyncio")
 
 # The largest datagram a read accepts whole.  A datagram longer than the
 # buffer is silently truncated by the kernel, so this must be generous: UDP
@@ -97,6 +99,7 @@ class DatagramTransport(FileTransport, FlowControl, asyncio.DatagramTransport, a
         self._buffer: collections.deque[tuple[bytes, Any]] = collections.deque()
         self._buffer_size = 0  # bytes in _buffer
         self._closing = False  # close() or abort() was called
+        self._reading_paused = False  # the protocol called pause_reading()
         # How many times the connection was lost: 0 while it is alive.
         # Also counts datagrams dropped afterwards, to warn about them once.
         self._conn_lost = 0
@@ -113,8 +116,30 @@ class DatagramTransport(FileTransport, FlowControl, asyncio.DatagramTransport, a
     # -- receiving -----------------------------------------------------------
 
     def _start_reading(self) -> None:
-        if not self._closing:
+        if not self._closing and not self._reading_paused:
             self._loop._add_reader(self._fd, self._on_readable)
+
+    def pause_reading(self) -> None:
+        """Stop calling ``datagram_received`` until :meth:`resume_reading`.
+
+        Datagrams that arrive meanwhile wait in the socket's receive buffer
+        (and the kernel drops those that do not fit), as on asyncio.
+        """
+        if self._closing or self._reading_paused:
+            return
+        self._reading_paused = True
+        self._loop._remove_reader(self._fd)
+
+    def resume_reading(self) -> None:
+        """Watch the socket again after :meth:`pause_reading`."""
+        if self._closing or not self._reading_paused:
+            return
+        self._reading_paused = False
+        self._start_reading()
+
+    def is_reading(self) -> bool:
+        """True unless reading is paused or the transport is closing."""
+        return not self._closing and not self._reading_paused
 
     def _on_readable(self) -> None:
         """A datagram (or an error) is waiting: hand it to the protocol."""
@@ -461,6 +486,7 @@ class DatagramMethods:
             return
         except Exception as exc:
             future.set_exception(exc)
+            del future  # the error's traceback holds this frame: no cycle through it
         else:
             future.set_result(result)
 
@@ -498,6 +524,7 @@ class DatagramMethods:
             return
         except Exception as exc:
             future.set_exception(exc)
+            del future  # the error's traceback holds this frame: no cycle through it
         else:
             future.set_result(result)
 
@@ -522,5 +549,6 @@ class DatagramMethods:
             return
         except Exception as exc:
             future.set_exception(exc)
+            del future  # the error's traceback holds this frame: no cycle through it
         else:
             future.set_result(sent)

@@ -45,7 +45,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 
 from . import versions
-from .handles import callback_name, creation_stack
+from .handles import creation_stack, format_callback
 
 __all__ = ["CancelledError", "Future", "InvalidStateError"]
 
@@ -136,13 +136,14 @@ class Future(Generic[_T]):
     def __del__(self) -> None:
         if not self._log_traceback:
             return
-        self._loop.call_exception_handler(
-            {
-                "message": f"{type(self).__name__} exception was never retrieved",
-                "exception": self._exception,
-                "future": self,
-            }
-        )
+        context: dict[str, Any] = {
+            "message": f"{type(self).__name__} exception was never retrieved",
+            "exception": self._exception,
+            "future": self,
+        }
+        if self._source_traceback:
+            context["source_traceback"] = self._source_traceback
+        self._loop.call_exception_handler(context)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {' '.join(self._repr_info())}>"
@@ -155,8 +156,14 @@ class Future(Generic[_T]):
             else:
                 info.append(f"result={reprlib.repr(self._result)}")
         if self._callbacks:
-            names = ", ".join(callback_name(fn) for fn, _ in self._callbacks)
-            info.append(f"cb=[{names}]")
+            # As asyncio lists them: the first and the last, and how many between.
+            shown = [format_callback(fn, (), debug=False) for fn, _ in self._callbacks]
+            if len(shown) > 2:
+                shown = [shown[0], f"<{len(shown) - 2} more>", shown[-1]]
+            info.append(f"cb=[{', '.join(shown)}]")
+        if self._source_traceback:
+            frame = self._source_traceback[-1]
+            info.append(f"created at {frame.filename}:{frame.lineno}")
         return info
 
     # ------------------------------------------------------------------
@@ -182,8 +189,15 @@ class Future(Generic[_T]):
         if self._state is _PENDING:
             raise InvalidStateError("Result is not set.")
         self._log_traceback = False
-        if self._exception is not None:
-            raise self._exception.with_traceback(self._exception_tb)
+        error = self._exception
+        if error is not None:
+            try:
+                raise error.with_traceback(self._exception_tb)
+            finally:
+                # The error's traceback now holds this frame: without its
+                # locals (the future holds the error) that is no reference
+                # cycle, and the error is freed as soon as nobody holds it.
+                del self, error
         return cast(_T, self._result)
 
     def exception(self) -> BaseException | None:
@@ -286,13 +300,18 @@ class Future(Generic[_T]):
     # ------------------------------------------------------------------
 
     def __await__(self) -> Generator[Any, None, _T]:
-        if self._state is _PENDING:
-            self._asyncio_future_blocking = True
-            yield self  # to the Task, which resumes us once we are done
+        try:
             if self._state is _PENDING:
-                # Only a Task that waited for our done callback may resume us.
-                raise RuntimeError("await wasn't used with future")
-        return self.result()
+                self._asyncio_future_blocking = True
+                yield self  # to the Task, which resumes us once we are done
+                if self._state is _PENDING:
+                    # Only a Task that waited for our done callback may resume us.
+                    raise RuntimeError("await wasn't used with future")
+            return self.result()
+        finally:
+            # Our error, raised here or thrown in at the yield by the task,
+            # holds this frame: no cycle through it, as in result().
+            del self
 
     def __iter__(self) -> Generator[Any, None, _T]:
         """``yield from future``, the pre-``async def`` spelling of ``await``."""

@@ -18,12 +18,15 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import inspect
 import os
 import reprlib
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
+
+from . import versions
 
 if TYPE_CHECKING:
     from .loop import Loop
@@ -65,6 +68,50 @@ def callback_name(callback: Callable[..., object]) -> str:
     return name if isinstance(name, str) else repr(callback)
 
 
+def format_callback(callback: Callable[..., object], args: Sequence[Any], debug: bool) -> str:
+    """A callback and its arguments as asyncio's reports show them.
+
+    ``name(arguments) at FILE:LINE``: the arguments shortened by
+    :mod:`reprlib` (from Python 3.13, in debug mode only), a partial's own
+    arguments first (``f(1)(2)``), and the place of a function's ``def``
+    (a method or a builtin has none).
+    """
+    shown = debug or not versions.CALLBACK_ARGUMENTS_ONLY_IN_DEBUG
+    text = _format_arguments(args, {}, shown)
+    func: Any = callback
+    while isinstance(func, functools.partial):
+        text = _format_arguments(func.args, func.keywords, shown) + text
+        func = func.func
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or repr(func)
+    text = f"{name}{text}"
+    unwrapped = inspect.unwrap(func)
+    if inspect.isfunction(unwrapped):
+        code = unwrapped.__code__
+        text += f" at {code.co_filename}:{code.co_firstlineno}"
+    return text
+
+
+def _format_arguments(args: Sequence[Any], keywords: dict[str, Any], shown: bool) -> str:
+    if not shown:
+        return "()"
+    items = [reprlib.repr(arg) for arg in args]
+    items += [f"{key}={reprlib.repr(value)}" for key, value in keywords.items()]
+    return f"({', '.join(items)})"
+
+
+def check_callable(callback: object, method: str) -> None:
+    """Refuse what asyncio refuses as a callback: a coroutine (function), or no callable.
+
+    A coroutine function called as a callback would only make a coroutine
+    that nobody awaits.  The loop checks where asyncio does, in debug mode:
+    ``call_soon``, ``call_at``, ``call_soon_threadsafe``, ``run_in_executor``.
+    """
+    if asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback):
+        raise TypeError(f"coroutines cannot be used with {method}()")
+    if not callable(callback):
+        raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")
+
+
 class Handle(asyncio.Handle):
     """A callback, its arguments and its context, scheduled on a loop.
 
@@ -74,7 +121,9 @@ class Handle(asyncio.Handle):
     It subclasses :class:`asyncio.Handle` only so that code checking
     ``isinstance(h, asyncio.Handle)`` (and type checkers) accept it; every
     method is our own, and the slots (``_callback``, ``_args``, ``_context``,
-    ``_loop``, ``_cancelled``) come from that base class.
+    ``_loop``, ``_cancelled``, ``_source_traceback``, ``_repr``) come from
+    that base class.  Its repr is asyncio's, since users read it in logs:
+    ``<Handle cb(args) at FILE:LINE created at FILE:LINE>``.
     """
 
     __slots__ = ()
@@ -98,6 +147,10 @@ class Handle(asyncio.Handle):
         """Make sure the callback never runs.  Cancelling twice is harmless."""
         if not self._cancelled:
             self._cancelled = True
+            if self._loop._debug:
+                # Keep the callback in the repr, for debug mode's reports
+                # (a slow callback may cancel its own handle).
+                self._repr = repr(self)
             # Drop the references now: a cancelled timer can sit in the heap
             # for a long time, and it must not keep big objects alive.
             self._callback = None
@@ -111,15 +164,28 @@ class Handle(asyncio.Handle):
         """The :class:`contextvars.Context` the callback runs in."""
         return self._context
 
-    def _describe(self) -> str:
+    def _format_callback(self) -> str:
+        """The callback and its arguments, for reports (see :func:`format_callback`)."""
         if self._callback is None:
             return "<cancelled>"
-        args = ", ".join(reprlib.repr(arg) for arg in self._args)
-        return f"{callback_name(self._callback)}({args})"
+        return format_callback(self._callback, self._args, self._loop._debug)
+
+    def _repr_info(self) -> list[str]:
+        # As asyncio shows a handle: its class, "cancelled", the callback,
+        # and in debug mode the line that scheduled it.
+        info = [type(self).__name__]
+        if self._cancelled:
+            info.append("cancelled")
+        if self._callback is not None:
+            info.append(self._format_callback())
+        if self._source_traceback:
+            frame = self._source_traceback[-1]
+            info.append(f"created at {frame.filename}:{frame.lineno}")
+        return info
 
     def __repr__(self) -> str:
-        state = " cancelled" if self._cancelled else ""
-        return f"<{type(self).__name__}{state} {self._describe()}>"
+        kept: str | None = getattr(self, "_repr", None)  # see cancel()
+        return kept if kept is not None else f"<{' '.join(self._repr_info())}>"
 
 
 class TimerHandle(Handle, asyncio.TimerHandle):
@@ -164,5 +230,7 @@ class TimerHandle(Handle, asyncio.TimerHandle):
             # right away, and must see this timer as cancelled when it does.
             self._loop._timer_cancelled()
 
-    def _describe(self) -> str:
-        return f"{super()._describe()} when={self._when:.3f}"
+    def _repr_info(self) -> list[str]:
+        info = super()._repr_info()
+        info.insert(2 if self._cancelled else 1, f"when={self._when}")
+        return info

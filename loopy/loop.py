@@ -54,11 +54,12 @@ import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, TypeVarTuple, Unpack, cast
 
+from . import versions
 from .connections import ConnectionMethods
 from .datagrams import DatagramMethods
 from .epoll import default_selector, readiness_of
 from .futures import Future as LoopyFuture
-from .handles import DEBUG_STACK_DEPTH, Handle, TimerHandle
+from .handles import DEBUG_STACK_DEPTH, Handle, TimerHandle, check_callable
 from .instruments import Hooks
 from .pipes import PipeMethods
 from .sendfile import SendfileMethods
@@ -79,7 +80,10 @@ __all__ = ["TASK_MODES", "Loop", "new_event_loop"]
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
 
-logger = logging.getLogger("loopy")
+# The loop reports what asyncio reports (errors in callbacks, errors nobody
+# retrieved, slow callbacks in debug mode) where asyncio reports it, on the
+# logger named "asyncio": applications configure that one.
+logger = logging.getLogger("asyncio")
 
 #: The two kinds of Future and Task a loop can hand out.  ``"asyncio"`` (the
 #: default) gives asyncio's own C-accelerated classes, as uvloop does:
@@ -175,6 +179,9 @@ class Loop(
             not sys.flags.ignore_environment and bool(os.environ.get("PYTHONASYNCIODEBUG"))
         )
         self.slow_callback_duration = 0.1
+        # In debug mode, the handle running now (None between callbacks): an
+        # error report made while it runs says where it was scheduled.
+        self._current_handle: Handle | None = None
         self._exception_handler: Callable[[Any, dict[str, Any]], object] | None = None
         self._hooks: Hooks | None = None  # None while no instrument is attached
         # fd -> the transport that owns it; add_reader() and friends refuse those.
@@ -314,6 +321,11 @@ class Loop(
                 self._callback_failed(handle, exc)  # anything else: report, carry on
             if observed:
                 self._callback_finished(handle, started)
+        # A traceback through a callback keeps this frame (its callers'
+        # frames, on 3.11), and with it the last handle run: a handle that
+        # holds the error (a Task holding its exception, a future in the
+        # arguments) would make a reference cycle.
+        handle = None  # type: ignore[assignment]
         if hooks is not None and hooks.iteration_finished:
             hooks.call("iteration_finished", self)
 
@@ -333,7 +345,10 @@ class Loop(
         hooks = self._hooks
         if hooks is not None and hooks.callback_started:
             hooks.call("callback_started", self, handle)
-        return self._clock() if self._debug else 0.0
+        if not self._debug:
+            return 0.0
+        self._current_handle = handle
+        return self._clock()
 
     def _callback_finished(self, handle: Handle, started: float) -> None:
         """Tell the instruments a callback finished; in debug mode, warn if it was slow.
@@ -342,22 +357,28 @@ class Loop(
         ``slow_callback_duration``.
         """
         if self._debug:
+            self._current_handle = None
             took = self._clock() - started
             if took >= self.slow_callback_duration:
-                logger.warning("Executing %r took %.3f seconds", handle, took)
+                logger.warning("Executing %s took %.3f seconds", _describe_handle(handle), took)
         hooks = self._hooks
         if hooks is not None and hooks.callback_finished:
             hooks.call("callback_finished", self, handle)
 
     def _callback_failed(self, handle: Handle, exc: BaseException) -> None:
-        """A callback raised: hand the error to the exception handler."""
-        self.call_exception_handler(
-            {
-                "message": f"Exception in callback {handle._describe()}",
-                "exception": exc,
-                "handle": handle,
-            }
-        )
+        """A callback raised: hand the error to the exception handler.
+
+        In debug mode the report says where the callback was scheduled
+        (``source_traceback``), as asyncio's does.
+        """
+        context: dict[str, Any] = {
+            "message": f"Exception in callback {handle._format_callback()}",
+            "exception": exc,
+            "handle": handle,
+        }
+        if handle._source_traceback:
+            context["source_traceback"] = handle._source_traceback
+        self.call_exception_handler(context)
 
     def _drop_cancelled_head_timers(self) -> None:
         """Drop the earliest deadlines whose timers are all cancelled: the first is then live."""
@@ -423,6 +444,7 @@ class Loop(
         finally:
             self._stopping = False
             self._thread_id = None
+            self._current_handle = None  # (a KeyboardInterrupt may have left one)
             asyncio.events._set_running_loop(None)
             sys.set_asyncgen_hooks(*old_hooks)
             sys.set_coroutine_origin_tracking_depth(old_tracking_depth)
@@ -573,10 +595,8 @@ class Loop(
         return handle
 
     def _check_callback(self, callback: object, method: str) -> None:
-        if asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback):
-            raise TypeError(f"coroutines cannot be used with {method}()")
-        if not callable(callback):
-            raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")
+        """Debug mode's checks of a callback scheduled from the loop's own thread."""
+        check_callable(callback, method)
         if self._thread_id is not None and self._thread_id != threading.get_ident():
             raise RuntimeError(
                 "Non-thread-safe operation invoked on an event loop other than the current one"
@@ -751,6 +771,12 @@ class Loop(
         self._check_closed()
         if self._task_factory is None:
             task: asyncio.Task[_T] = self._task_class(coro, loop=self, name=name, context=context)
+            origin = getattr(task, "_source_traceback", None)
+            if origin and self.task_mode == "asyncio":
+                # Debug mode: asyncio's Task recorded this very line last;
+                # the user's call to create_task is where it was made.
+                # (loopy's Task skips loopy's frames itself.)
+                del origin[-1]
         else:
             if context is None:
                 task = self._task_factory(self, coro)
@@ -794,32 +820,46 @@ class Loop(
         self._exception_handler = handler
 
     def default_exception_handler(self, context: dict[str, Any]) -> None:
-        """Log an error the loop caught, with everything known about it.
+        """Log an error the loop caught, with everything known about it, as asyncio does.
 
         ``context`` holds ``message`` and, when known, ``exception`` and the
-        objects involved (``handle``, ``future``, ``task``, ``socket``...).
+        objects involved (``handle``, ``future``, ``task``, ``socket``...),
+        each logged as its repr.  In debug mode it may hold
+        ``source_traceback``, where the object was made; failing that, the
+        report says where the callback running now was scheduled
+        (``handle_traceback``).  Both are printed as stacks.
         """
         message = context.get("message") or "Unhandled exception in event loop"
         exception = context.get("exception")
         exc_info: Any = (
             (type(exception), exception, exception.__traceback__)
-            if isinstance(exception, BaseException)
+            if exception is not None
             else False
         )
-        details = [
-            f"{key}: {value!r}"
-            for key, value in sorted(context.items())
-            if key not in ("message", "exception")
-        ]
-        for key in ("handle", "future", "task"):
-            origin = getattr(context.get(key), "_source_traceback", None)
-            if origin:
-                created_at = "".join(traceback.format_list(origin)).rstrip()
-                details.append(f"{key} created at (most recent call last):\n{created_at}")
-        logger.error("\n".join([message, *details]), exc_info=exc_info)
+        current = self._current_handle
+        if "source_traceback" not in context and current is not None and current._source_traceback:
+            context["handle_traceback"] = current._source_traceback
+        lines = [message]
+        for key in sorted(context):
+            if key in ("message", "exception"):
+                continue
+            value = context[key]
+            if key == "source_traceback":
+                text = "Object created at (most recent call last):\n" + _format_stack(value)
+            elif key == "handle_traceback":
+                text = "Handle created at (most recent call last):\n" + _format_stack(value)
+            else:
+                text = repr(value)
+            lines.append(f"{key}: {text}")
+        logger.error("\n".join(lines), exc_info=exc_info)
 
     def call_exception_handler(self, context: dict[str, Any]) -> None:
-        """Report an error caught by the loop.  Never raises: the loop must carry on."""
+        """Report an error caught by the loop.  Never raises: the loop must carry on.
+
+        From Python 3.12 a handler set with :meth:`set_exception_handler`
+        runs in the context of the task or handle that failed, as asyncio's
+        does, so it sees the context variables set there.
+        """
         if self._hooks is not None:
             self._hooks.call("exception_reported", self, context)
         handler = self._exception_handler
@@ -829,12 +869,15 @@ class Loop(
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException:
-                # Logging itself failed (a broken handler or stream); there is
-                # nowhere left to report to but stderr.
-                print("loopy: exception in default exception handler", file=sys.stderr)
+                # A default handler overridden in a subclass, or a broken log.
+                logger.error("Exception in default exception handler", exc_info=True)
             return
         try:
-            handler(self, context)
+            run_in = _context_of(context) if versions.EXCEPTION_HANDLER_IN_CONTEXT else None
+            if run_in is not None:
+                run_in.run(handler, self, context)
+            else:
+                handler(self, context)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -849,7 +892,11 @@ class Loop(
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException:
-                print("loopy: exception in default exception handler", file=sys.stderr)
+                logger.error(
+                    "Exception in default exception handler while handling an "
+                    "unexpected error in custom exception handler",
+                    exc_info=True,
+                )
 
     # ------------------------------------------------------------------
     # Debug mode
@@ -941,6 +988,30 @@ class Loop(
                         "asyncgen": agen,
                     }
                 )
+
+
+def _describe_handle(handle: Handle) -> str:
+    """A handle for the slow-callback warning: the task it steps, if any, as asyncio shows it."""
+    owner = getattr(handle._callback, "__self__", None)
+    if isinstance(owner, asyncio.Task):
+        return repr(owner)
+    return str(handle)
+
+
+def _format_stack(stack: list[traceback.FrameSummary]) -> str:
+    return "".join(traceback.format_list(stack)).rstrip()
+
+
+def _context_of(context: dict[str, Any]) -> contextvars.Context | None:
+    """The contextvars context of the task, future or handle an error report is about."""
+    about = context.get("task")
+    if about is None:
+        about = context.get("future")  # (a task, sometimes; a plain future has no context)
+    if about is None:
+        about = context.get("handle")
+    get_context = getattr(about, "get_context", None)
+    run_in = get_context() if get_context is not None else None
+    return run_in if hasattr(run_in, "run") else None
 
 
 def _as_list(due: TimerHandle | list[TimerHandle]) -> list[TimerHandle]:

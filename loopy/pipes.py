@@ -55,7 +55,9 @@ from .transports import (
     start_transport,
 )
 
-logger = logging.getLogger("loopy")
+# Its warnings are the ones asyncio gives for the same events, so they go
+# where asyncio's users look for them: the logger named "asyncio".
+logger = logging.getLogger("asyncio")
 
 
 def _is_peer_gone(exc: BaseException) -> bool:
@@ -222,8 +224,14 @@ class ReadPipeTransport(_PipeTransport, asyncio.ReadTransport):
         self._lose_connection(exc)
 
 
-class WritePipeTransport(_PipeTransport, FlowControl, asyncio.WriteTransport):
-    """The writing end of a pipe (or a socket, or a pty), with a buffer and water marks."""
+class WritePipeTransport(_PipeTransport, FlowControl, asyncio.Transport):
+    """The writing end of a pipe (or a socket, or a pty), with a buffer and water marks.
+
+    Like asyncio's, it is a full :class:`asyncio.Transport`, so code that
+    handles transports generically may call ``pause_reading()``,
+    ``resume_reading()`` and ``is_reading()``: there is nothing to read,
+    and they raise NotImplementedError, as asyncio's do.
+    """
 
     def __init__(
         self,

@@ -32,7 +32,11 @@ from typing import Any
 
 from . import versions
 
-logger = logging.getLogger("loopy")
+# Messages asyncio also gives go on its logger, where its users look for
+# them; those about behaviour of loopy's own (the pause after running out of
+# descriptors, skipped addresses) on loopy's.
+logger = logging.getLogger("asyncio")
+loopy_logger = logging.getLogger("loopy")
 
 #: Seconds to stop accepting after the process ran out of file descriptors.
 ACCEPT_RETRY_DELAY = 1.0
@@ -135,7 +139,7 @@ class Server(asyncio.AbstractServer):
                 return
             if self._accept_outage:
                 self._accept_outage = False
-                logger.warning("Accepting connections again on %s", sock.getsockname())
+                loopy_logger.warning("Accepting connections again on %s", sock.getsockname())
             conn.setblocking(False)
             if self._keep_alive:
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
@@ -157,7 +161,7 @@ class Server(asyncio.AbstractServer):
     def _pause_accepting(self, sock: socket.socket, exc: OSError) -> None:
         if not self._accept_outage:
             self._accept_outage = True
-            logger.warning(
+            loopy_logger.warning(
                 "accept() failed on %s: %s; pausing accepting for %.1f s "
                 "(logged once until accepting works again)",
                 sock.getsockname(),
@@ -287,7 +291,7 @@ def _open_listeners(
                 if exc.errno == errno.EADDRNOTAVAIL:
                     # An address this host does not have, typically "::1"
                     # for "localhost" with IPv6 turned off: listen on the others.
-                    logger.warning("create_server() skipped %r: %s", address, message)
+                    loopy_logger.warning("create_server() skipped %r: %s", address, message)
                     sockets.pop().close()
                     continue
                 raise OSError(
@@ -460,7 +464,7 @@ def remove_stale_socket_file(path: str) -> None:
     except OSError as exc:
         # e.g. a directory we may create sockets in but not look into:
         # bind() will tell whether the path is usable.
-        logger.error("could not check for a stale socket file at %r: %r", path, exc)
+        logger.error("Unable to check or remove stale UNIX socket %r: %r", path, exc)
 
 
 def _remove_own_socket_file(path: str, inode: int) -> None:
@@ -472,4 +476,4 @@ def _remove_own_socket_file(path: str, inode: int) -> None:
     except FileNotFoundError:
         pass
     except OSError as exc:
-        logger.error("Unable to clean up the Unix socket file %r: %s", path, exc)
+        logger.error("Unable to clean up listening UNIX socket %r: %r", path, exc)

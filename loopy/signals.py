@@ -23,6 +23,7 @@ process do not undo each other.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 from collections.abc import Callable
@@ -64,7 +65,12 @@ class SignalMethods:
         """Run ``callback(*args)`` in the loop each time signal ``sig`` arrives.
 
         Only from the main thread, as Python allows signal handlers only there.
+        A coroutine function is refused, in debug mode or not, as asyncio
+        refuses it: called from a signal it would only make a coroutine
+        nobody awaits.
         """
+        if asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback):
+            raise TypeError("coroutines cannot be used with add_signal_handler()")
         _check_signal(sig)
         self._check_closed()  # type: ignore[attr-defined]
         if threading.current_thread() is not threading.main_thread():

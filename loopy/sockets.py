@@ -84,6 +84,11 @@ class SocketMethods:
             # (A task collected after its loop closed ends here too: nothing to remove.)
             if not self.is_closed():
                 self.call_soon(self._remove_reader_if_ours, fd, handle)
+            # An error raised from the future holds a traceback through this
+            # frame, and the future (also through the handle's arguments)
+            # holds the error: without these locals that is no reference
+            # cycle, and the error is freed as soon as nobody holds it.
+            del future, handle
 
     async def _wait_writable(
         self, sock: socket.socket, callback: Callable[..., None], *args: Any
@@ -98,6 +103,7 @@ class SocketMethods:
         finally:
             if not self.is_closed():
                 self.call_soon(self._remove_writer_if_ours, fd, handle)
+            del future, handle  # no reference cycle through this frame, as above
 
     # When is a registration ours to remove?  The ``finally`` above runs as
     # soon as the waiting task resumes -- with a result, an error or a
@@ -141,6 +147,7 @@ class SocketMethods:
             return
         except Exception as exc:
             future.set_exception(exc)
+            del future  # the error's traceback holds this frame: no cycle through it
         else:
             future.set_result(data)
 
@@ -163,6 +170,7 @@ class SocketMethods:
             return
         except Exception as exc:
             future.set_exception(exc)
+            del future  # the error's traceback holds this frame: no cycle through it
         else:
             future.set_result(nbytes)
 
@@ -193,6 +201,7 @@ class SocketMethods:
             return
         except Exception as exc:
             future.set_exception(exc)
+            del future  # the error's traceback holds this frame: no cycle through it
             return
         if sent[0] == len(view):
             future.set_result(None)
@@ -232,6 +241,7 @@ class SocketMethods:
             return
         except Exception as exc:
             future.set_exception(exc)
+            del future  # the error's traceback holds this frame: no cycle through it
         else:
             future.set_result(None)
 
@@ -259,6 +269,7 @@ class SocketMethods:
             return
         except Exception as exc:
             future.set_exception(exc)
+            del future  # the error's traceback holds this frame: no cycle through it
         else:
             conn.setblocking(False)
             future.set_result((conn, address))

@@ -141,9 +141,13 @@ class Task(Future[_T]):
 
     def __del__(self) -> None:
         if self._log_destroy_pending and self._state is _PENDING:
-            self._loop.call_exception_handler(
-                {"message": "Task was destroyed but it is pending!", "task": self}
-            )
+            context: dict[str, Any] = {
+                "message": "Task was destroyed but it is pending!",
+                "task": self,
+            }
+            if self._source_traceback:
+                context["source_traceback"] = self._source_traceback
+            self._loop.call_exception_handler(context)
         super().__del__()
 
     def _repr_info(self) -> list[str]:
@@ -373,9 +377,13 @@ class Task(Future[_T]):
 
 
 def _describe_coroutine(coro: Any) -> str:
-    """``main() running at app.py:12``, or ``main() done``, for reprs."""
+    """As asyncio shows a coroutine: ``main() running at app.py:12``, or
+    ``main() done, defined at app.py:10``."""
     name = getattr(coro, "__qualname__", None) or type(coro).__name__
-    frame = getattr(coro, "cr_frame", None)
+    code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None)
+    if code is None:
+        return f"{name}()"
+    frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
     if frame is None:
-        return f"{name}() done"
-    return f"{name}() running at {frame.f_code.co_filename}:{frame.f_lineno}"
+        return f"{name}() done, defined at {code.co_filename}:{code.co_firstlineno}"
+    return f"{name}() running at {code.co_filename}:{frame.f_lineno}"

@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar, TypeVarTuple, Unpack
 
-from .handles import Handle
+from .handles import Handle, check_callable
 
 if TYPE_CHECKING:
     import collections
@@ -56,6 +56,8 @@ class ThreadMethods:
         handler that may interrupt ``select()``.
         """
         self._check_closed()  # type: ignore[attr-defined]
+        if self._debug:  # type: ignore[attr-defined]
+            check_callable(callback, "call_soon_threadsafe")
         handle = Handle(callback, args, self, context)  # type: ignore[arg-type]
         self._ready.append(handle)
         self._waker.wake()
@@ -69,6 +71,8 @@ class ThreadMethods:
     ) -> asyncio.Future[_T]:
         """Run ``func(*args)`` in ``executor`` (None: a default thread pool); await the result."""
         self._check_closed()  # type: ignore[attr-defined]
+        if self._debug:  # type: ignore[attr-defined]
+            check_callable(func, "run_in_executor")
         if executor is None:
             if self._executor_shutdown_called:
                 raise RuntimeError("Executor shutdown has been called")

@@ -46,7 +46,9 @@ from asyncio.trsock import TransportSocket
 from collections.abc import Callable, Iterable
 from typing import Any
 
-logger = logging.getLogger("loopy")
+# Its warnings are the ones asyncio gives for the same events, so they go
+# where asyncio's users look for them: the logger named "asyncio".
+logger = logging.getLogger("asyncio")
 
 # Reads of 64 KiB: large enough to drain a socket in few calls, small enough to
 # stay below glibc's mmap threshold (larger reads make a fresh process slower).

@@ -21,6 +21,10 @@ EXCEPTION_HANDLER_IN_CONTEXT = _RUNNING >= (3, 12)
 #: 3.12: eager tasks (``eager_start=``, ``asyncio.eager_task_factory``).
 EAGER_TASKS = _RUNNING >= (3, 12)
 
+#: 3.13: a callback's arguments appear in handle reprs and error reports only
+#: in debug mode (they may hold secrets); before, always.
+CALLBACK_ARGUMENTS_ONLY_IN_DEBUG = _RUNNING >= (3, 13)
+
 #: 3.13: ``Future.set_exception(StopIteration())`` stores a RuntimeError
 #: caused by it instead of refusing it.
 WRAP_STOP_ITERATION = _RUNNING >= (3, 13)

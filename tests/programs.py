@@ -58,6 +58,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import re
 import socket
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -214,6 +216,13 @@ class Unwatch:
     """``remove_reader`` on the reading end; records whether a reader was there."""
 
 
+@dataclass(frozen=True)
+class Block:
+    """Hold the loop for 1/8 tick (the virtual clock jumps): a slow callback in debug mode."""
+
+    id: int
+
+
 # -- what gather, shield, wait_for and await act on -------------------------
 
 
@@ -340,6 +349,7 @@ Action = (
     | Send
     | Watch
     | Unwatch
+    | Block
 )
 AwaitStep = Await | Sleep | Shield | Gather | WaitFor | Timeout | Group | Try | Recv | Sendall
 AWAIT_STEPS = (Await, Sleep, Shield, Gather, WaitFor, Timeout, Group, Try, Recv, Sendall)
@@ -359,10 +369,19 @@ class Program:
     futures: int
     io: str
     root: Body
+    #: Run in debug mode: slow callbacks (``Block``) are logged.
+    debug: bool = False
+    #: Install the interpreter's exception handler; without it errors in
+    #: callbacks reach asyncio's logger through the default handler.
+    handler: bool = True
 
     def render(self) -> str:
         """The program as indented pseudo-code."""
-        lines = [f"program: {self.futures} future(s), io={self.io}", "callback root:"]
+        lines = [
+            f"program: {self.futures} future(s), io={self.io}, debug={self.debug}, "
+            f"exception handler={self.handler}",
+            "callback root:",
+        ]
         _render_body(self.root, 1, lines)
         return "\n".join(lines)
 
@@ -461,6 +480,8 @@ def _render_step(step: Step) -> str:
             return f"add_reader (reads {n} bytes)"
         case Unwatch():
             return "remove_reader"
+        case Block(id=i):
+            return f"#{i} block the loop for 1/8 tick"
         case Await(id=i, target=target):
             return f"#{i} await {_render_target(target)}"
         case Sleep(id=i, ticks=ticks):
@@ -510,6 +531,7 @@ _ACTIONS = {
     "stop": 1,
     "cancel_handle": 1,
     "churn": 1,
+    "block": 1,
 }
 _ROOT_EXTRA = {"spawn": 3, "call_later": 1, "leaf_timer": 2}  # the root sets the scene
 _AWAITS = {
@@ -650,6 +672,9 @@ class _Builder:
     def _unwatch(self, **_: Any) -> Step:
         return Unwatch()
 
+    def _block(self, **_: Any) -> Step:
+        return Block(self.new_id())
+
     def target(self, depth: int) -> Target:
         kinds = ["future"]
         if self.tasks:
@@ -716,7 +741,7 @@ def programs(draw: Callable[[Any], Any]) -> Program:
     io = draw(st.sampled_from(["none", "recv", "reader"]))
     builder = _Builder(draw, futures, io)
     root = builder.body(in_task=False, depth=0, min_size=1, max_size=8)
-    return Program(futures, io, root)
+    return Program(futures, io, root, debug=draw(st.booleans()), handler=draw(st.booleans()))
 
 
 # ======================================================================
@@ -825,6 +850,17 @@ def _never() -> None:
     raise AssertionError("a cancelled timer fired")
 
 
+class _Records(logging.Handler):
+    """Hands each log record to a function (the interpreter's ``on_log``)."""
+
+    def __init__(self, sink: Callable[[logging.LogRecord], None]) -> None:
+        super().__init__(logging.DEBUG)
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.sink(record)
+
+
 class _CreationOrder(dict[Any, None]):
     """A set that iterates in insertion order, for ``TaskGroup._tasks``.
 
@@ -858,6 +894,9 @@ class _Interpreter:
         self.handles: dict[int, Any] = {}  # CallSoon/CallLater id -> its handle
         self.tag: Tag = None  # the running timer's tag
         self.raising_tag: Tag = None  # the tag of a timer that just raised
+        # The tag of each timer that ran, by deadline (a timer that blocks is
+        # no leaf: its deadline is its own).
+        self.finished_timers: dict[float, Tag] = {}
         self.writer: socket.socket | None = None
         self.reader: socket.socket | None = None
 
@@ -918,9 +957,61 @@ class _Interpreter:
 
     # -- running ---------------------------------------------------------
 
+    def on_log(self, record: logging.LogRecord) -> None:
+        """A record of the ``asyncio`` or ``loopy`` logger, while the program runs.
+
+        What follows a callback at once (its error, when no handler is set;
+        a slow callback, in debug mode) joins the trace, with the timer's
+        tag if a timer ran it; anything else, such as an error found when
+        an object is collected, goes with the reports.
+        """
+        message = record.getMessage()
+        error = record.exc_info[1] if record.exc_info else None
+        about = self.describe(error) if isinstance(error, BaseException) else None
+        if message.startswith("Exception in callback"):
+            first_line = re.sub(r"0x[0-9a-f]+", "0x…", message.splitlines()[0])
+            event = ("logged", record.name, record.levelname, first_line, about)
+            self.emit(event, tag=self.raising_tag)
+            self.raising_tag = None
+        elif message.startswith("Executing "):
+            slow, tag = self.slow(message)
+            self.emit(("logged", record.name, record.levelname, *slow), tag=tag)
+        else:
+            first_line = re.sub(r"0x[0-9a-f]+", "0x…", message.splitlines()[0])
+            self.outcome.reports.append((f"{record.name} {record.levelname} {first_line}", about))
+
+    def slow(self, message: str) -> tuple[tuple[Any, ...], Tag]:
+        """Debug mode's slow-callback warning, as what was slow, and its tag.
+
+        A task's step is named by the task (whose repr differs between the
+        task modes), a callback by its step; the duration is kept.
+        """
+        took = message.rsplit(" took ", 1)[-1]
+        if task := re.match(r"Executing <Task \w+ name='([^']*)'", message):
+            return ("slow", "task", task.group(1), took), None
+        if timer := re.match(r"Executing <TimerHandle when=(\S+) _Interpreter\.timer\(", message):
+            tag = self.finished_timers.get(float(timer.group(1)))
+            return ("slow", "timer", tag[1] if tag else None, took), tag
+        if callback := re.match(r"Executing <Handle _Interpreter\.callback\(('?\w+'?)", message):
+            return ("slow", "callback", callback.group(1), took), None
+        return ("slow", re.sub(r"0x[0-9a-f]+", "0x…", message)), None
+
     def run(self) -> None:
         loop = self.loop
-        loop.set_exception_handler(self.on_error)
+        loop.set_debug(self.program.debug)
+        log = _Records(self.on_log)
+        for name in ("asyncio", "loopy"):
+            logging.getLogger(name).addHandler(log)
+        try:
+            self.run_program()
+        finally:
+            for name in ("asyncio", "loopy"):
+                logging.getLogger(name).removeHandler(log)
+
+    def run_program(self) -> None:
+        loop = self.loop
+        if self.program.handler:
+            loop.set_exception_handler(self.on_error)
         if self.program.io != "none":
             self.writer, self.reader = socket.socketpair()
             self.writer.setblocking(False)
@@ -986,6 +1077,7 @@ class _Interpreter:
             self.raising_tag = self.tag
             raise
         finally:
+            self.finished_timers[self.handles[step.id].when()] = self.tag
             self.tag = None
 
     def readable(self, nbytes: int) -> None:
@@ -1050,6 +1142,9 @@ class _Interpreter:
                 loop.add_reader(self.reader, self.readable, n)
             case Unwatch():
                 self.emit(("remove_reader", loop.remove_reader(self.reader)))
+            case Block(id=i):
+                self.emit(("block", i))
+                loop.virtual_clock.advance(0.125)
             case _:
                 raise TypeError(step)
 

@@ -3,9 +3,11 @@
 Hypothesis generates small programs (``tests/programs.py``: callbacks,
 timers, futures, tasks, cancellation, ``shield``, ``gather``, ``wait_for``,
 ``timeout``, ``TaskGroup``, errors in callbacks, ``loop.stop()``, socket
-reads and writes), runs each on asyncio's loop and on loopy's in both task
-modes, all on a virtual clock, and requires the same trace of events from
-all three, once normalised: timers due at the same instant may run in any
+reads and writes, callbacks that hold the loop), in debug mode or not, with
+an exception handler or with asyncio's default one, runs each on asyncio's
+loop and on loopy's in both task modes, all on a virtual clock, and requires
+the same trace of events from all three -- the records of the ``asyncio``
+(and ``loopy``) loggers included -- once normalised: timers due at the same instant may run in any
 order (asyncio's heap does not keep scheduling order, loopy does), so those
 are compared as a multiset; everything else must match exactly.  A failure
 prints the program as pseudo-code and the difference between the traces.
@@ -35,6 +37,7 @@ from hypothesis import HealthCheck, given, settings
 from tests.helpers import LOOPY_KINDS
 from tests.programs import (
     Await,
+    Block,
     CallLater,
     CallSoon,
     Cancel,
@@ -394,4 +397,36 @@ def test_socket_reads_by_a_reader_callback(kind: str) -> None:
         ("remove_reader", True),
         ("timer", 7, 2.03125),
         ("read", b"d5;"),
+    ]
+
+
+@pytest.mark.parametrize("kind", LOOPY_KINDS)
+def test_logged_errors_and_slow_callbacks(kind: str) -> None:
+    program = Program(
+        futures=1,
+        io="none",
+        root=(
+            CallSoon(1, (Block(2), Raise(3, "Boom"))),
+            CallLater(4, 1, (Block(5), Note(6))),
+            Spawn(0, (Sleep(7, 0), Block(8), Raise(9, "Boom"))),
+        ),
+        debug=True,
+        handler=False,
+    )
+    events = _events(assert_same_as_asyncio(program, (kind,))[kind])
+    logged = [event[1:] for event in events if event[0] == "logged"]
+    assert logged == [
+        # Each on asyncio's logger, right after the callback, as asyncio logs
+        # it: the error while the callback is still the current one, then
+        # how long it took.
+        (
+            "asyncio",
+            "ERROR",
+            "Exception in callback _Interpreter.callback"
+            "(1, (Block(id=2), Raise(id=3, error='Boom')))",
+            ("Boom", ("x3",)),
+        ),
+        ("asyncio", "WARNING", "slow", "callback", "1", "0.125 seconds"),
+        ("asyncio", "WARNING", "slow", "task", "T0", "0.125 seconds"),
+        ("asyncio", "WARNING", "slow", "timer", 4, "0.125 seconds"),
     ]

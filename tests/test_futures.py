@@ -415,7 +415,16 @@ def test_repr(own_loop: Any) -> None:
         pass
 
     fut.add_done_callback(on_done)
-    assert repr(fut) == "<Future pending cb=[test_repr.<locals>.on_done]>"
+    where = f"{__file__}:{on_done.__code__.co_firstlineno}"
+    assert repr(fut) == f"<Future pending cb=[test_repr.<locals>.on_done() at {where}]>"
+    # Callbacks as asyncio lists them: the first, how many more, the last.
+    reference = asyncio.futures._PyFuture(loop=own_loop)  # type: ignore[attr-defined]
+    reference.add_done_callback(on_done)
+    for callback in (print, on_done, len):
+        fut.add_done_callback(callback)
+        reference.add_done_callback(callback)
+        assert repr(fut) == repr(reference)
+    assert "<2 more>" in repr(fut)
     fut.set_result("x" * 100)
     assert repr(fut).startswith("<Future finished result='xxxxx")
     assert len(repr(fut)) < 80  # long results are shortened

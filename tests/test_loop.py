@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import functools
 import gc
 import logging
 import signal
@@ -111,18 +112,35 @@ def test_a_callback_can_cancel_one_queued_behind_it(any_loop: Any) -> None:
     assert ran == []
 
 
-def test_handles_are_asyncio_handles_with_a_readable_repr(loop: Any) -> None:
-    handle = loop.call_soon(print, "hello")
-    assert isinstance(handle, asyncio.Handle)
-    assert repr(handle) == "<Handle print('hello')>"
-    handle.cancel()
-    handle.cancel()
-    assert repr(handle) == "<Handle cancelled <cancelled>>"
-    timer = loop.call_at(12.5, print)
-    assert isinstance(timer, asyncio.TimerHandle)
-    assert timer.when() == 12.5
-    assert repr(timer) == "<TimerHandle print() when=12.500>"
-    timer.cancel()
+def _some_callback(*args: object) -> None:
+    pass
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_handles_are_asyncio_handles_with_asyncio_s_repr(loop: Any, debug: bool) -> None:
+    reference = asyncio.new_event_loop()
+    try:
+        seen = {}
+        for kind, some_loop in (("asyncio", reference), ("loopy", loop)):
+            some_loop.set_debug(debug)
+            handle = some_loop.call_soon(print, "hello")  # one line: the same "created at"
+            partial = some_loop.call_soon(functools.partial(_some_callback, 1, key="k"), [2])
+            timer = some_loop.call_at(12.5, _some_callback)
+            assert isinstance(handle, asyncio.Handle)
+            assert isinstance(timer, asyncio.TimerHandle)
+            assert timer.when() == 12.5
+            reprs = [repr(handle), repr(partial), repr(timer)]
+            for each in (handle, partial, timer):
+                each.cancel()
+                each.cancel()
+                reprs.append(repr(each))
+            seen[kind] = reprs
+        # e.g. <Handle print('hello')>, and from Python 3.12 <Handle print()>
+        # unless in debug mode; <TimerHandle when=12.5 _some_callback() at
+        # test_loop.py:112>; in debug mode "created at test_loop.py:125" too.
+        assert seen["loopy"] == seen["asyncio"]
+    finally:
+        reference.close()
 
 
 def test_callbacks_run_in_their_context(any_loop: Any) -> None:
@@ -477,7 +495,7 @@ def test_default_handler_logs_with_details(loop: Any, caplog: pytest.LogCaptureF
     def broken() -> None:
         raise ValueError("logged")
 
-    with caplog.at_level(logging.ERROR, logger="loopy"):
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
         loop.call_soon(broken)
         run_briefly(loop)
         loop.call_exception_handler({"message": "plain message", "extra": 1})
@@ -497,22 +515,31 @@ def test_a_failing_exception_handler_is_logged_not_raised(
         raise RuntimeError("handler broke")
 
     loop.set_exception_handler(bad_handler)
-    with caplog.at_level(logging.ERROR, logger="loopy"):
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
         loop.call_exception_handler({"message": "original"})
     assert caplog.records[0].getMessage().startswith("Unhandled error in exception handler")
 
 
-def test_a_failing_logger_does_not_break_the_loop(
-    loop: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_a_failing_default_handler_does_not_break_the_loop(
+    any_loop: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     def explode(context: dict[str, Any]) -> None:
         raise RuntimeError("log broke")
 
-    monkeypatch.setattr(loop, "default_exception_handler", explode)
-    loop.call_exception_handler({"message": "x"})
-    loop.set_exception_handler(lambda loop, ctx: 1 / 0)
-    loop.call_exception_handler({"message": "y"})
-    assert capsys.readouterr().err.count("exception in default exception handler") == 2
+    monkeypatch.setattr(any_loop, "default_exception_handler", explode)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        any_loop.call_exception_handler({"message": "x"})
+        any_loop.set_exception_handler(lambda loop, ctx: 1 / 0)
+        any_loop.call_exception_handler({"message": "y"})
+    assert [(r.name, r.getMessage()) for r in caplog.records] == [
+        ("asyncio", "Exception in default exception handler"),
+        (
+            "asyncio",
+            "Exception in default exception handler while handling an "
+            "unexpected error in custom exception handler",
+        ),
+    ]
+    assert all(r.exc_info and r.exc_info[0] is RuntimeError for r in caplog.records)
 
 
 def test_exception_handler_must_be_callable(loop: Any) -> None:
@@ -532,7 +559,7 @@ def test_debug_mode_logs_slow_callbacks(vloop: Any, caplog: pytest.LogCaptureFix
     def slow() -> None:
         vloop.virtual_clock.advance(0.25)
 
-    with caplog.at_level(logging.WARNING, logger="loopy"):
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
         vloop.call_soon(slow)
         vloop.call_soon(lambda: None)
         run_briefly(vloop)
@@ -941,18 +968,18 @@ def test_debug_mode_tracks_coroutine_origins_while_running(loop: Any) -> None:
 
 
 def test_error_report_says_where_the_handle_was_made(
-    loop: Any, caplog: pytest.LogCaptureFixture
+    any_loop: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    loop.set_debug(True)
+    any_loop.set_debug(True)
 
     def broken() -> None:
         raise ValueError("x")
 
-    with caplog.at_level(logging.ERROR, logger="loopy"):
-        loop.call_soon(broken)
-        run_briefly(loop)
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        any_loop.call_soon(broken)
+        run_briefly(any_loop)
     message = caplog.records[0].getMessage()
-    assert "handle created at (most recent call last):" in message
+    assert "source_traceback: Object created at (most recent call last):" in message
     assert "test_error_report_says_where_the_handle_was_made" in message
 
 

@@ -815,12 +815,16 @@ def test_repr(own_loop: Any) -> None:
         "<Task pending name='napper' coro=<test_repr.<locals>.sleeper() running at "
     )
     run_ready(own_loop)
-    assert "wait_for=<Future pending cb=[Task._wakeup]>" in repr(task)
+    assert "wait_for=<Future pending cb=[Task._wakeup()]>" in repr(task)
     task.cancel()
     assert repr(task).startswith("<Task cancelling name='napper'")
     with pytest.raises(CancelledError):
         own_loop.run_until_complete(task)
-    assert repr(task) == "<Task cancelled name='napper' coro=<test_repr.<locals>.sleeper() done>>"
+    defined = f"{__file__}:{sleeper.__code__.co_firstlineno}"
+    assert repr(task) == (
+        "<Task cancelled name='napper' coro=<test_repr.<locals>.sleeper() done, "
+        f"defined at {defined}>>"
+    )
 
 
 def test_repr_of_a_finished_task(any_loop: Any) -> None:

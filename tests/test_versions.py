@@ -37,6 +37,11 @@ def test_the_flags_describe_the_running_asyncio() -> None:
 
     loop = asyncio_loop()
     try:
+        handle = loop.call_soon(print, "secret")
+        shown = repr(handle)
+        handle.cancel()
+        assert ("secret" not in shown) == versions.CALLBACK_ARGUMENTS_ONLY_IN_DEBUG
+
         future = loop.create_future()
         try:
             future.set_exception(StopIteration())

@@ -977,7 +977,9 @@ def _loop_on(kind: str, selector: Any, clock: Any) -> Any:
         loop = asyncio.SelectorEventLoop(selector)
         loop.time = clock  # type: ignore[method-assign]
         return loop
-    return loopy.Loop(selector=selector, clock=clock, tasks="asyncio" if kind == "loopy" else "loopy")
+    return loopy.Loop(
+        selector=selector, clock=clock, tasks="asyncio" if kind == "loopy" else "loopy"
+    )
 
 
 @pytest.mark.parametrize("kind", ["asyncio", "loopy", "loopy-own"])
@@ -1020,7 +1022,7 @@ def test_wait_for_on_3_11_can_swallow_a_cancellation(any_loop: Any) -> None:
         assert log == ["wait_for raised CancelledError", "outer cancelled"]
     else:
         assert log == [
-            "wait_for returned \"inner's result\"",
+            'wait_for returned "inner\'s result"',
             "outer goes on; cancelling() = 1",
             "outer finished normally",
         ]

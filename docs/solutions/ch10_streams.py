@@ -2,7 +2,8 @@
 
 Exercise 10.1: :func:`lines_from_chunks` -- a StreamReader fed by hand: a buffer and a future.
 Exercise 10.2: :func:`drain_stalls` -- ``drain()`` stops a writer whose peer does not read.
-Exercise 10.3: :func:`peak_buffer` -- the write buffer passes the high-water mark by up to one write.
+Exercise 10.3: :func:`peak_buffer` -- the write buffer passes the high-water mark by up to one
+    write.
 """
 
 from __future__ import annotations

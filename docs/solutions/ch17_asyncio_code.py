@@ -1,7 +1,9 @@
 """Solutions to the exercises of chapter 17, "asyncio's own code, run by loopy" (docs/tour.md).
 
-Exercise 17.1: :func:`watch_sleep` -- ``asyncio.sleep`` iteration by iteration, and what a cancel leaves.
-Exercise 17.2: :func:`first_failure` -- ``gather`` lets the siblings of a failed child run; ``TaskGroup`` does not.
+Exercise 17.1: :func:`watch_sleep` -- ``asyncio.sleep`` iteration by iteration, and what a cancel
+    leaves.
+Exercise 17.2: :func:`first_failure` -- ``gather`` lets the siblings of a failed child run;
+    ``TaskGroup`` does not.
 Exercise 17.3: :func:`staggered` -- the staggered race behind happy eyeballs, on a virtual clock.
 """
 

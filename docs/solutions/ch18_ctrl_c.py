@@ -1,7 +1,9 @@
 """Solutions to the exercises of chapter 18, "Ctrl-C, three ways" (docs/tour.md).
 
-Exercise 18.1: :func:`interrupt_under_runner` -- the Runner's handler cancels the main task, then raises KeyboardInterrupt.
-Exercise 18.2: :func:`interrupt_with_handler` and :func:`interrupt_without_handler` -- a loop's handler, or none.
+Exercise 18.1: :func:`interrupt_under_runner` -- the Runner's handler cancels the main task, then
+    raises KeyboardInterrupt.
+Exercise 18.2: :func:`interrupt_with_handler` and :func:`interrupt_without_handler` -- a loop's
+    handler, or none.
 """
 
 from __future__ import annotations

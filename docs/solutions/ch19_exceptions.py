@@ -1,6 +1,7 @@
 """Solutions to the exercises of chapter 19, "The three routes of an exception" (docs/tour.md).
 
-Exercise 19.1: :func:`three_routes` -- a callback's, a task's and a protocol's exception, and when each is reported.
+Exercise 19.1: :func:`three_routes` -- a callback's, a task's and a protocol's exception, and when
+    each is reported.
 """
 
 from __future__ import annotations

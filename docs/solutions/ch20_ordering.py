@@ -1,7 +1,9 @@
-"""Solutions to the exercises of chapter 20, "Edges: tasks nobody holds, threads, stopping" (docs/tour.md).
+"""Solutions to the exercises of chapter 20, "Edges: tasks nobody holds, threads, stopping"
+    (docs/tour.md).
 
 Exercise 20.1: :func:`forgotten_task` -- a task nobody references is garbage, even while it waits.
-Exercise 20.2: :class:`ThreadWhileWaiting` and :func:`when_thread_callback_runs` -- ``call_soon`` from a thread does not wake the loop.
+Exercise 20.2: :class:`ThreadWhileWaiting` and :func:`when_thread_callback_runs` -- ``call_soon``
+    from a thread does not wake the loop.
 Exercise 20.3: :func:`stop_then_run` -- what ``stop()`` lets run, and what waits for the next run.
 """
 

@@ -1,8 +1,11 @@
 """Solutions to the exercises of chapter 21, "Edges: cancellation races and timers" (docs/tour.md).
 
-Exercise 21.1: :func:`cancel_while_wait_for_finishes` -- 3.11's ``wait_for`` can swallow a cancellation.
-Exercise 21.2: :func:`swallowed_inside_timeout` -- a swallowed ``CancelledError`` makes a timeout pass unnoticed.
-Exercise 21.3: :class:`EarlyWaker` and :func:`sleep_at_least` -- timers run up to one clock resolution early.
+Exercise 21.1: :func:`cancel_while_wait_for_finishes` -- 3.11's ``wait_for`` can swallow a
+    cancellation.
+Exercise 21.2: :func:`swallowed_inside_timeout` -- a swallowed ``CancelledError`` makes a timeout
+    pass unnoticed.
+Exercise 21.3: :class:`EarlyWaker` and :func:`sleep_at_least` -- timers run up to one clock
+    resolution early.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""Solutions to the exercises of chapter 22, "Edges: blocking calls, threads and child processes" (docs/tour.md).
+"""Solutions to the exercises of chapter 22, "Edges: blocking calls, threads and child processes"
+    (docs/tour.md).
 
 Exercise 22.1: :func:`ticks_around_a_blocking_step` -- one blocking step delays every timer.
-Exercise 22.2: :func:`cancel_a_thread_job` -- cancelling ``run_in_executor`` does not stop the thread.
+Exercise 22.2: :func:`cancel_a_thread_job` -- cancelling ``run_in_executor`` does not stop the
+    thread.
 Exercise 22.3: :func:`wait_without_reading` -- ``Process.wait()`` with an unread pipe never returns.
 """
 
@@ -86,9 +88,7 @@ async def wait_without_reading(size: int, limit: int) -> dict[str, Any]:
     """
     code = f"import sys; sys.stdout.buffer.write(b'x' * {size})"
     argv = [sys.executable, "-c", code]
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, limit=limit
-    )
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, limit=limit)
     waiting = asyncio.ensure_future(proc.wait())
     transport = proc._transport  # type: ignore[attr-defined]
     pipe = transport.get_pipe_transport(1)
@@ -106,9 +106,7 @@ async def wait_without_reading(size: int, limit: int) -> dict[str, Any]:
     # to the end of the data; loopy's returns once the child is gone.
     await proc.stdout.read()  # type: ignore[union-attr]
     outcome["returncode after kill"] = await waiting
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, limit=limit
-    )
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, limit=limit)
     out, _ = await proc.communicate()
     outcome["communicate read"] = len(out)
     return outcome

@@ -1095,3 +1095,24 @@ def test_wait_with_an_unread_pipe_stalls_and_communicate_does_not(any_loop: Any)
     assert outcome["child running"]
     assert outcome["returncode after kill"] == -signal.SIGKILL
     assert outcome["communicate read"] == size
+
+
+# -- chapter 23: closing a TLS connection -----------------------------------------
+
+
+def test_closing_tls_waits_for_a_silent_peer_until_the_shutdown_timeout(
+    any_loop: Any, tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    close_against_a_silent_peer = solution("ch23_tls_close").close_against_a_silent_peer
+    server_context, client_context = tls_contexts
+    timeout = 0.2
+    closed = run(
+        any_loop, close_against_a_silent_peer(server_context, client_context, "close", timeout)
+    )
+    assert closed["connection_lost"] == "TimeoutError"
+    assert closed["took"] >= timeout - time.get_clock_info("monotonic").resolution
+    # abort() does not wait: with an hour's shutdown timeout, run()'s 10 s bound would catch it.
+    aborted = run(
+        any_loop, close_against_a_silent_peer(server_context, client_context, "abort", 3600)
+    )
+    assert aborted["connection_lost"] is None

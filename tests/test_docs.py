@@ -331,3 +331,30 @@ def test_every_chapter_ends_with_exercises_linking_an_existing_solution() -> Non
         for k in numbers:
             assert f"Exercise {number}.{k}:" in docstring, (path, k)
     assert linked == {path.name for path in (DOCS / "solutions").glob("*.py")}
+
+
+def test_the_contents_list_every_chapter_in_order() -> None:
+    """The list at the top names each chapter, by its title and the anchor of its heading."""
+    text = tour()
+    front = text[: text.index("\n## 1. ")]
+    listed = re.findall(r"^(\d+)\. \[(.+)\]\(#([\w-]+)\)$", front, flags=re.M)
+    expected = [
+        (str(number), title, github_slug(f"{number}. {title}")) for number, title, _ in chapters()
+    ]
+    assert listed == expected
+
+
+def test_every_edge_names_the_report_it_comes_from() -> None:
+    """Each section of an "Edges:" chapter says which issue or question it answers."""
+    edges = 0
+    for number, title, body in chapters():
+        if not title.startswith("Edges:"):
+            continue
+        sections = re.split(r"^### (.+)$", body, flags=re.M)
+        for heading, section in zip(sections[1::2], sections[2::2], strict=True):
+            if heading == "Exercises":
+                continue
+            edges += 1
+            assert "Source" in section, (number, heading)
+            assert "```python" in section, (number, heading)  # a runnable example
+    assert edges >= 8

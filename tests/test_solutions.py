@@ -18,6 +18,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -28,7 +29,7 @@ import trustme
 import loopy
 from loopy.futures import Future
 from loopy.tasks import Task
-from tests.helpers import iterations, make_loop, pending_timers, run
+from tests.helpers import VirtualClock, iterations, make_loop, pending_timers, run
 
 ROOT = Path(__file__).resolve().parent.parent
 SOLUTIONS = ROOT / "docs" / "solutions"
@@ -557,6 +558,23 @@ def test_drain_stops_a_writer_whose_peer_does_not_read(
     assert received == chunk * total
 
 
+@pytest.mark.parametrize(("chunk", "high"), [(64 * 1024, 64 * 1024), (300 * 1024, 16 * 1024)])
+def test_the_write_buffer_passes_the_high_water_mark_by_less_than_one_write(
+    any_loop: Any, chunk: int, high: int
+) -> None:
+    peak_buffer = solution("ch10_streams").peak_buffer
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    try:
+        peak, received = run(any_loop, peak_buffer(a, b, chunk, high))
+    finally:
+        a.close()
+        b.close()
+    assert high < peak <= high + chunk
+    assert received > peak
+
+
 # -- chapter 11: the path of a byte --------------------------------------------
 
 
@@ -832,3 +850,269 @@ def test_slow_callbacks_are_named_with_their_duration(vloop: Any) -> None:
     vloop.call_soon(vloop.stop)
     vloop.run_forever()
     assert [(name.rpartition(".")[2], took) for name, took in watcher.slow] == [("sluggish", 0.5)]
+
+
+# -- chapter 17: asyncio's own code ----------------------------------------------
+
+
+def test_sleep_fires_its_timer_in_one_iteration_and_resumes_in_the_next(any_vloop: Any) -> None:
+    watch_sleep = solution("ch17_asyncio_code").watch_sleep
+    start = any_vloop.time()
+    seen = watch_sleep(any_vloop, 1)
+    assert seen["events"] == [
+        (1, "sleep starts"),
+        (1, "call_later(1, _set_result_unless_cancelled)"),
+        (2, "timer runs _set_result_unless_cancelled"),
+        (3, "sleep returned"),
+    ]
+    assert seen["timer"].when() == start + 1
+    assert not seen["cancelled"]
+
+
+def test_a_cancelled_sleep_leaves_a_cancelled_timer_behind(any_vloop: Any) -> None:
+    watch_sleep = solution("ch17_asyncio_code").watch_sleep
+    start = any_vloop.time()
+    seen = watch_sleep(any_vloop, 10, cancel_after=3)
+    assert seen["events"] == [
+        (1, "sleep starts"),
+        (1, "call_later(10, _set_result_unless_cancelled)"),
+        (4, "sleep cancelled"),
+    ]
+    assert seen["cancelled"]
+    assert seen["timer"].cancelled()  # sleep's finally cancelled it; it never ran
+    assert any_vloop.time() == start  # nobody waited for it
+
+
+def test_gather_leaves_the_siblings_running_and_taskgroup_cancels_them(any_vloop: Any) -> None:
+    first_failure = solution("ch17_asyncio_code").first_failure
+    assert run(any_vloop, first_failure(use_taskgroup=False)) == [
+        "1 a fails",
+        "1 awaiter sees ValueError",
+        "2 b done",
+        "3 c done",
+    ]
+    log = run(any_vloop, first_failure(use_taskgroup=True))
+    # (TaskGroup keeps its tasks in a set: the cancellation order is not fixed.)
+    assert log[0] == "1 a fails"
+    assert sorted(log[1:3]) == ["1 b cancelled", "1 c cancelled"]
+    assert log[3:] == ["1 awaiter sees ExceptionGroup"]
+
+
+def test_a_staggered_race_starts_attempts_delay_apart_and_cancels_the_losers(
+    any_vloop: Any,
+) -> None:
+    staggered = solution("ch17_asyncio_code").staggered
+    result, index, log = run(any_vloop, staggered([5, 1, 1], 2))
+    assert (result, index) == ("attempt 1", 1)
+    assert log == ["0 start 0", "2 start 1", "3 done 1", "3 cancel 0"]
+    # The first attempt wins if it ends before the next one's turn.
+    result, index, log = run(any_vloop, staggered([1, 1], 2))
+    assert (result, index) == ("attempt 0", 0)
+    assert log == ["0 start 0", "1 done 0"]
+
+
+# -- chapter 18: Ctrl-C ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "loopy", "loopy-own"])
+def test_ctrl_c_under_a_runner_cancels_main_then_raises_keyboard_interrupt(kind: str) -> None:
+    interrupt_under_runner = solution("ch18_ctrl_c").interrupt_under_runner
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert interrupt_under_runner(functools.partial(make_loop, kind)) == [
+        "main task cancelled",
+        "Runner.run raised KeyboardInterrupt",
+        "handler restored: True",
+    ]
+
+
+def test_ctrl_c_with_a_loop_handler_is_a_callback(any_loop: Any) -> None:
+    interrupt_with_handler = solution("ch18_ctrl_c").interrupt_with_handler
+    assert interrupt_with_handler(any_loop) == [
+        "raise_signal returned",
+        "handler runs as a callback",
+    ]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_without_a_handler_leaves_the_loop_with_tasks_pending(any_loop: Any) -> None:
+    interrupt_without_handler = solution("ch18_ctrl_c").interrupt_without_handler
+    assert interrupt_without_handler(any_loop) == [
+        "KeyboardInterrupt out of run_until_complete",
+        "sleeper pending: True",
+        "sleeper finished later: True",
+    ]
+
+
+# -- chapter 19: the three routes of an exception ---------------------------------
+
+
+def test_the_three_routes_of_an_exception(any_loop: Any) -> None:
+    three_routes = solution("ch19_exceptions").three_routes
+    assert three_routes(any_loop) == [
+        "handler: Exception in callback ['handle']",
+        "next callback runs",
+        "task done: True",
+        "handler: Task exception was ['future']",
+        "after gc.collect()",
+        "handler: Fatal error: protocol.data_received() ['protocol', 'transport']",
+        "connection_lost(ValueError)",
+    ]
+
+
+# -- chapter 20: tasks nobody holds, threads, stopping ----------------------------
+
+
+def test_a_task_nobody_holds_is_collected_while_it_waits(any_loop: Any) -> None:
+    forgotten_task = solution("ch20_ordering").forgotten_task
+    assert forgotten_task(any_loop, keep=False) == [
+        "coroutine closed by the collector",
+        "Task was destroyed but it is pending!",
+        "tasks left: 0",
+    ]
+    assert forgotten_task(any_loop, keep=True) == ["tasks left: 1"]
+
+
+def _loop_on(kind: str, selector: Any, clock: Any) -> Any:
+    """A loop of ``kind`` (see tests/helpers.py) on ``selector`` and the virtual ``clock``."""
+    if kind == "asyncio":
+        loop = asyncio.SelectorEventLoop(selector)
+        loop.time = clock  # type: ignore[method-assign]
+        return loop
+    return loopy.Loop(
+        selector=selector, clock=clock, tasks="asyncio" if kind == "loopy" else "loopy"
+    )
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "loopy", "loopy-own"])
+def test_call_soon_from_a_thread_waits_for_the_next_wake_up(kind: str) -> None:
+    module = solution("ch20_ordering")
+    for threadsafe, expected in ((False, 10.0), (True, 0.0)):
+        clock = VirtualClock()
+        selector = module.ThreadWhileWaiting(clock)
+        loop = _loop_on(kind, selector, clock)
+        try:
+            assert module.when_thread_callback_runs(loop, selector, threadsafe) == expected
+        finally:
+            loop.close()
+
+
+def test_stop_finishes_the_iteration_and_stop_before_run_gives_one(any_vloop: Any) -> None:
+    stop_then_run = solution("ch20_ordering").stop_then_run
+    start = any_vloop.time()
+    assert stop_then_run(any_vloop) == [
+        "a calls stop()",
+        "c, queued after a",
+        "run_forever returned",
+        "b, scheduled by a",
+        "run_forever returned",
+    ]
+    assert any_vloop.time() == start  # the 5 s timer was not waited for
+
+
+# -- chapter 21: cancellation races and timers ------------------------------------
+
+#: Python 3.12 rewrote wait_for on top of asyncio.timeout (local flag; the
+#: coordinator may move it to loopy/compat.py).
+WAIT_FOR_IS_TIMEOUT = sys.version_info >= (3, 12)
+
+
+def test_wait_for_on_3_11_can_swallow_a_cancellation(any_loop: Any) -> None:
+    cancel_while_wait_for_finishes = solution("ch21_races").cancel_while_wait_for_finishes
+    log = run(any_loop, cancel_while_wait_for_finishes())
+    if WAIT_FOR_IS_TIMEOUT:
+        assert log == ["wait_for raised CancelledError", "outer cancelled"]
+    else:
+        assert log == [
+            'wait_for returned "inner\'s result"',
+            "outer goes on; cancelling() = 1",
+            "outer finished normally",
+        ]
+
+
+def test_a_swallowed_cancellation_hides_the_timeout(any_vloop: Any) -> None:
+    swallowed_inside_timeout = solution("ch21_races").swallowed_inside_timeout
+    assert run(any_vloop, swallowed_inside_timeout(swallow=True)) == [
+        "1 block sees CancelledError",
+        "2 block ran to its end",
+        "cancelling() = 0",
+    ]
+    assert run(any_vloop, swallowed_inside_timeout(swallow=False)) == [
+        "1 block sees CancelledError",
+        "1 TimeoutError",
+        "cancelling() = 0",
+    ]
+
+
+@pytest.mark.parametrize("kind", ["asyncio", "loopy", "loopy-own"])
+def test_timers_run_up_to_a_clock_resolution_early(kind: str) -> None:
+    module = solution("ch21_races")
+    clock = VirtualClock()
+    selector = module.EarlyWaker(clock, early=0.0)
+    loop = _loop_on(kind, selector, clock)
+    try:
+        # The resolution both loops allow for (asyncio's _run_once, loopy's timer store).
+        resolution = time.get_clock_info("monotonic").resolution
+
+        async def overslept(sleep: Any, delay: float) -> float:
+            before = loop.time()
+            await sleep(delay)
+            return float(loop.time() - before - delay)
+
+        selector.early = resolution / 2
+        assert run(loop, overslept(asyncio.sleep, 1)) < 0  # within the resolution: run
+        assert run(loop, overslept(module.sleep_at_least, 1)) >= 0
+        selector.early = resolution * 2
+        assert run(loop, overslept(asyncio.sleep, 1)) >= 0  # too early: sleep again
+    finally:
+        loop.close()
+
+
+# -- chapter 22: blocking calls, threads and child processes ----------------------
+
+
+def test_a_blocking_step_delays_every_timer(any_vloop: Any) -> None:
+    ticks_around_a_blocking_step = solution("ch22_blocking").ticks_around_a_blocking_step
+    ticks = run(any_vloop, ticks_around_a_blocking_step(any_vloop.virtual_clock))
+    assert ticks == [0.1, 0.65, 0.75, 0.85]
+
+
+def test_cancelling_run_in_executor_leaves_the_thread_running(any_loop: Any) -> None:
+    cancel_a_thread_job = solution("ch22_blocking").cancel_a_thread_job
+    assert run(any_loop, cancel_a_thread_job()) == [
+        "awaiting task cancelled",
+        "job still running: True",
+        "job finished in its thread",
+        "shutdown_default_executor returned",
+    ]
+
+
+def test_wait_with_an_unread_pipe_stalls_and_communicate_does_not(any_loop: Any) -> None:
+    wait_without_reading = solution("ch22_blocking").wait_without_reading
+    size, limit = 1 << 20, 1 << 14
+    outcome = run(any_loop, wait_without_reading(size, limit))
+    assert outcome["reading paused"]
+    assert 2 * limit < outcome["buffered"] < size
+    assert outcome["child running"]
+    assert outcome["returncode after kill"] == -signal.SIGKILL
+    assert outcome["communicate read"] == size
+
+
+# -- chapter 23: closing a TLS connection -----------------------------------------
+
+
+def test_closing_tls_waits_for_a_silent_peer_until_the_shutdown_timeout(
+    any_loop: Any, tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    close_against_a_silent_peer = solution("ch23_tls_close").close_against_a_silent_peer
+    server_context, client_context = tls_contexts
+    timeout = 0.2
+    closed = run(
+        any_loop, close_against_a_silent_peer(server_context, client_context, "close", timeout)
+    )
+    assert closed["connection_lost"] == "TimeoutError"
+    assert closed["took"] >= timeout - time.get_clock_info("monotonic").resolution
+    # abort() does not wait: with an hour's shutdown timeout, run()'s 10 s bound would catch it.
+    aborted = run(
+        any_loop, close_against_a_silent_peer(server_context, client_context, "abort", 3600)
+    )
+    assert aborted["connection_lost"] is None

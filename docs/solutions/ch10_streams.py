@@ -2,6 +2,8 @@
 
 Exercise 10.1: :func:`lines_from_chunks` -- a StreamReader fed by hand: a buffer and a future.
 Exercise 10.2: :func:`drain_stalls` -- ``drain()`` stops a writer whose peer does not read.
+Exercise 10.3: :func:`peak_buffer` -- the write buffer passes the high-water mark by up to one
+    write.
 """
 
 from __future__ import annotations
@@ -68,3 +70,35 @@ async def drain_stalls(sock: socket.socket, peer: socket.socket, chunk: int, tot
     writer.close()
     await writer.wait_closed()
     return stalled_at, still, buffered, received
+
+
+async def peak_buffer(sock: socket.socket, peer: socket.socket, chunk: int, high: int) -> Any:
+    """Exercise 10.3: how far past the high-water mark a writer's buffer goes.
+
+    The writer writes ``chunk`` bytes and awaits ``drain()`` until a
+    ``drain()`` waits (``peer`` reads nothing).  ``transport.write`` never
+    refuses bytes: it appends the whole chunk, and only then compares the
+    buffer with the mark and calls ``pause_writing()``.  So the buffer ends
+    above ``high`` by less than one chunk.  Returns ``(buffer size when drain
+    waited, bytes the peer read in the end)``.
+    """
+    loop = asyncio.get_running_loop()
+    _reader, writer = await asyncio.open_connection(sock=sock)
+    writer.transport.set_write_buffer_limits(high=high)
+    written = 0
+    while True:
+        writer.write(b"x" * chunk)
+        written += chunk
+        draining = asyncio.ensure_future(writer.drain())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        if not draining.done():
+            break
+    peak = writer.transport.get_write_buffer_size()
+    received = 0
+    while received < written:
+        received += len(await loop.sock_recv(peer, 1 << 16))
+    await draining
+    writer.close()
+    await writer.wait_closed()
+    return peak, received

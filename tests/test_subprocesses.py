@@ -301,15 +301,20 @@ def test_cancelled_while_starting_leaves_no_child(any_loop: Any) -> None:
 # -- how exit is detected ------------------------------------------------------------
 
 
-def waitpid_threads() -> list[str]:
-    return [thread.name for thread in threading.enumerate() if thread.name.startswith("loopy-")]
+def waits_in_a_thread(pid: int) -> bool:
+    """Whether a thread waits for child ``pid``.
+
+    (By its pid: a thread that waited for an earlier test's child may still
+    be on its way out.)
+    """
+    return any(thread.name == f"loopy-waitpid-{pid}" for thread in threading.enumerate())
 
 
 def test_exit_through_a_pidfd(loop: Any) -> None:
     async def main() -> None:
         transport, protocol = await loop.subprocess_exec(lambda: Recorder(loop), "cat")
         assert transport._pidfd is not None
-        assert waitpid_threads() == []
+        assert not waits_in_a_thread(transport.get_pid())
         transport.get_pipe_transport(0).close()
         assert await protocol.exited == 0
         assert transport._pidfd is None
@@ -335,7 +340,7 @@ def test_exit_through_a_thread_when_there_is_no_pidfd(
     async def main() -> None:
         process = await asyncio.create_subprocess_exec("cat", stdin=PIPE, stdout=PIPE)
         assert process._transport._pidfd is None
-        assert waitpid_threads() == [f"loopy-waitpid-{process.pid}"]
+        assert waits_in_a_thread(process.pid)
         stdout, _ = await process.communicate(b"via a thread")
         assert stdout == b"via a thread"
         assert process.returncode == 0

@@ -55,6 +55,7 @@ def test_help_describes_the_options_and_the_commands(capsys: pytest.CaptureFixtu
     assert out.startswith("usage: loopy [run] [-h] [--host HOST] [--port PORT]")
     for option in ("--interval", "--max-log-bytes", "--log-level", "--tasks {asyncio,loopy}"):
         assert option in out
+    assert "seconds between two ticks, 0.001 to 86400 (1.0)" in " ".join(out.split())
     assert "commands (the first argument; `run` when it is none of these):" in out
     assert "\n  run " in out
     assert cli.main(["run", "--help"]) == 0
@@ -68,8 +69,14 @@ def test_help_describes_the_options_and_the_commands(capsys: pytest.CaptureFixtu
         (["run", "extra"], "unrecognized arguments: extra"),
         (["--port", "http"], "argument --port: invalid _port value: 'http'"),
         (["--port", "65536"], "argument --port: port must be 0..65535, not 65536"),
-        (["--interval", "0"], "argument --interval: must be a positive number, not 0"),
-        (["--interval", "nan"], "argument --interval: must be a positive number, not nan"),
+        (["--interval", "0"], "argument --interval: must be 0.001 to 86400 seconds, not 0"),
+        (["--interval", "nan"], "argument --interval: must be 0.001 to 86400 seconds, not nan"),
+        # Once accepted, and the ticker died of OverflowError with a traceback.
+        (["--interval", "1e-310"], "argument --interval: must be 0.001 to 86400 seconds, not 1e-310"),
+        (["--interval", "0.0009"], "argument --interval: must be 0.001 to 86400 seconds, not 0.0009"),
+        (["--interval", "86400.5"], "argument --interval: must be 0.001 to 86400 seconds, not 86400.5"),
+        (["--interval", "inf"], "argument --interval: must be 0.001 to 86400 seconds, not inf"),
+        (["--interval", "-1"], "argument --interval: must be 0.001 to 86400 seconds, not -1"),
         (["--max-log-bytes", "-1"], "argument --max-log-bytes: must be 0 or more, not -1"),
         (["--log-level", "loud"], "argument --log-level: invalid choice: 'LOUD'"),
         (["--tasks", "trio"], "argument --tasks: invalid choice: 'trio'"),
@@ -83,6 +90,11 @@ def test_a_bad_command_line_exits_2_with_usage(
     usage, message = err.rstrip("\n").rsplit("\n", 1)
     assert usage.startswith("usage: loopy [run] ")
     assert message.startswith(f"loopy: error: {error}")
+
+
+def test_the_interval_bounds_themselves_are_accepted() -> None:
+    assert cli._interval("0.001") == 0.001
+    assert cli._interval("86400") == 86400.0
 
 
 def test_a_bad_loopy_tasks_variable_exits_2(
@@ -675,8 +687,11 @@ def test_trace_of_a_missing_or_broken_file_is_one_line(
     broken.write_text("{not json")
     assert cli.main(["trace", "view", str(broken)]) == 1
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 2
-    assert all(line.startswith("loopy: cannot read trace ") for line in err)
+    assert err == [
+        f"loopy: cannot read trace {tmp_path / 'missing.json'}: No such file or directory",
+        f"loopy: {broken}: not a loopy trace: not JSON (Expecting property name enclosed in "
+        "double quotes: line 1 column 2 (char 1))",
+    ]
 
 
 def test_trace_needs_an_action(capsys: pytest.CaptureFixture[str]) -> None:

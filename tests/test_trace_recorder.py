@@ -519,7 +519,7 @@ def test_write_and_load_trace(vloop: Any, pair: Any, tmp_path: Path) -> None:
     # trace_format: not a loopy trace.
     bare = tmp_path / "bare.json"
     bare.write_text(json.dumps(loaded["traceEvents"]))
-    with pytest.raises(ValueError, match="^not a loopy trace: a JSON array, not an object$"):
+    with pytest.raises(ValueError, match=r"^not a loopy trace: a JSON array, not an object$"):
         load_trace(bare)
 
 

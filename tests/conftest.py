@@ -58,11 +58,13 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
 
 @pytest.fixture(autouse=True)
 def _trace_files_are_strict_json(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Every trace file a test leaves in its tmp_path must be strict JSON (RFC 8259).
+    """Every trace file loopy writes in a test's tmp_path must be strict JSON (RFC 8259).
 
     NaN or Infinity in a trace broke the viewer's ``JSON.parse`` and
-    Perfetto once; this reads every ``*.json`` file that looks like a trace
-    with a parser that refuses them (``tests/test_trace_format.py``).
+    Perfetto once; this reads every ``*.json`` file that starts the way
+    loopy's writer starts one with a parser that refuses them
+    (``tests/test_trace_format.py``).  Files a test damages on purpose are
+    written by ``json.dumps``, which starts differently.
     """
     if "tmp_path" not in request.fixturenames:
         yield
@@ -74,5 +76,5 @@ def _trace_files_are_strict_json(request: pytest.FixtureRequest) -> Iterator[Non
 
     for path in sorted(tmp_path.rglob("*.json"))[:100]:
         data = path.read_bytes()
-        if data.startswith(b'{"traceEvents":'):
+        if data.startswith(b'{"traceEvents":[\n'):
             strict_json_loads(data)

@@ -225,11 +225,11 @@ def check_trace(data: Any) -> None:
     if not isinstance(data, dict):
         raise TraceFileError(f"not a loopy trace: a JSON {_json_type(data)}, not an object")
     other = data.get("otherData")
+    if other is None or (isinstance(other, dict) and "trace_format" not in other):
+        raise TraceFileError("not a loopy trace: no otherData.trace_format")
     if not isinstance(other, dict):
-        raise TraceFileError("not a loopy trace: no otherData object")
-    version = other.get("trace_format")
-    if version is None:
-        raise TraceFileError("not a loopy trace: otherData has no trace_format")
+        raise TraceFileError(f"not a loopy trace: otherData is a JSON {_json_type(other)}")
+    version = other["trace_format"]
     if not _is_int(version):
         raise TraceFileError(f"not a loopy trace: trace_format is {_short(version)}")
     if version not in READABLE_TRACE_FORMATS:
@@ -265,10 +265,14 @@ def _check_other_data(other: dict[str, Any]) -> None:
         ) from None
 
 
-# What each phase loopy writes must carry, besides name, ph and pid/tid:
-# key -> the check its value must pass.
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A JSON number that is a finite float (an integer of 400 digits is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def _is_int(value: Any) -> bool:
@@ -287,6 +291,8 @@ def _is_duration(value: Any) -> bool:
     return _is_number(value) and value >= 0
 
 
+# What each phase loopy writes must carry, besides name, ph and pid/tid:
+# key -> the check its value must pass.
 _REQUIRED: dict[str, dict[str, Callable[[Any], bool]]] = {
     "M": {"args": _is_object},
     "X": {"ts": _is_number, "dur": _is_duration, "cat": _is_str, "args": _is_object},
@@ -325,8 +331,11 @@ def _event_problem(event: Any) -> str | None:
     phase = event.get("ph")
     if phase not in _REQUIRED:
         return "has no 'ph'" if phase is None else f"has an unknown 'ph' {_short(phase)}"
-    if not _is_str(event.get("name")):
-        return "has no 'name'" if "name" not in event else "has a 'name' that is not a string"
+    name = event.get("name")
+    if not _is_str(name):
+        return "has no 'name'" if name is None else "has a 'name' that is not a string"
+    if not name.isascii() and _utf8_safe(name) != name:
+        return "has a 'name' that is not valid Unicode (an unpaired surrogate)"
     for key in ("pid", "tid"):
         if key in event and not _is_int(event[key]):
             return f"has a '{key}' that is not an integer"

@@ -229,8 +229,11 @@ def _span(seconds: float) -> str:
 # What a terminal would act on rather than show: C0 and C1 controls (ESC
 # starts the sequences that recolour, move the cursor or retitle the
 # window), DEL, the bidirectional overrides that reorder what follows, and
-# the Unicode line and paragraph separators.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+# the Unicode line and paragraph separators; and unpaired surrogates, which
+# cannot be written to a UTF-8 terminal at all.
+_UNPRINTABLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029\ud800-\udfff]"
+)
 
 
 def printable(text: str) -> str:

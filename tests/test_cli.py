@@ -33,6 +33,7 @@ import pytest
 
 import loopy
 from loopy import cli, demo
+from loopy.trace import load_trace
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 10.0  # seconds: the longest any single wait may take
@@ -402,6 +403,20 @@ def test_sigterm_closes_open_connections_and_exits_0(start: Any) -> None:
         assert conn.recv(10) == b""  # closed by the program
     assert loopy.messages()[-2:] == ["Shutting down (SIGTERM)", f"Closed {addr}"]
     assert "Traceback" not in "\n".join(loopy.lines)
+
+
+def test_sighup_shuts_down_like_sigterm_and_the_trace_is_written(
+    start: Any, tmp_path: Path
+) -> None:
+    """Closing the terminal: a clean shutdown, exit 0, the whole trace on disk."""
+    trace_file = tmp_path / "hup.json"
+    loopy = start("--interval", "0.2", "--trace", str(trace_file))
+    loopy.wait_for_ticks(1)
+    assert loopy.stop(signal.SIGHUP) == 0
+    assert loopy.messages()[-1] == "Shutting down (SIGHUP)"
+    events = load_trace(trace_file)["traceEvents"]
+    assert any(e["ph"] == "i" and e["name"] == "signal: SIGHUP" for e in events)
+    assert any(e.get("cat") == "iteration" for e in events)
 
 
 def test_a_busy_port_exits_1_with_one_line_on_stderr() -> None:

@@ -231,9 +231,7 @@ def _span(seconds: float) -> str:
 # window), DEL, the bidirectional overrides that reorder what follows, and
 # the Unicode line and paragraph separators; and unpaired surrogates, which
 # cannot be written to a UTF-8 terminal at all.
-_UNPRINTABLE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029\ud800-\udfff]"
-)
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029\ud800-\udfff]")
 
 
 def printable(text: str) -> str:

@@ -26,7 +26,8 @@ costs nothing until attached.
 """
 
 from .describe import LoopSnapshot, describe, snapshot
-from .export import load_trace, to_chrome_trace, trace_to_file, tracing, write_trace
+from .export import chrome_events, load_trace, to_chrome_trace, trace_to_file, tracing, write_trace
+from .fileformat import READABLE_TRACE_FORMATS, TRACE_FORMAT, TraceFileError
 from .recorder import DEFAULT_MAX_EVENTS, TraceEvent, TraceRecorder
 from .stalls import Load, LoadMonitor, Stall, StallDetector
 from .summary import Percentiles, SlowStep, Summary, format_summary, summarize
@@ -34,6 +35,8 @@ from .viewer import render_viewer, write_viewer
 
 __all__ = [
     "DEFAULT_MAX_EVENTS",
+    "READABLE_TRACE_FORMATS",
+    "TRACE_FORMAT",
     "Load",
     "LoadMonitor",
     "LoopSnapshot",
@@ -43,7 +46,9 @@ __all__ = [
     "StallDetector",
     "Summary",
     "TraceEvent",
+    "TraceFileError",
     "TraceRecorder",
+    "chrome_events",
     "describe",
     "format_summary",
     "load_trace",

@@ -510,6 +510,7 @@ class FileRecorder(TraceRecorder):
         self.saved = False
 
     def loop_closed(self, loop: Any) -> None:
+        """The loop is closing: write the trace now."""
         self.save()
 
     def save(self) -> None:

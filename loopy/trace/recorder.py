@@ -17,7 +17,16 @@ Memory: events go into a ring buffer (``collections.deque(maxlen=...)``).
 When it is full the oldest event falls out and ``dropped`` counts it; a
 long run keeps its most recent ``max_events`` events, never more.  An event
 costs about 200 bytes, so the default of 200,000 stays around 40 MB; pass
-a smaller ``max_events`` to keep less.
+a smaller ``max_events`` to keep less.  The exporter reports what was
+dropped and computes every figure over what was kept.
+
+Tasks: a task enters the trace once, with a ``task-created`` event: at
+``create_task`` if it was made there (any task factory, eager or not), with
+its parent; otherwise at the first step or wake-up the loop runs for it
+("first sight": built directly, or before the recorder was attached).  A
+task that finishes inside an eager first step it ran outside the loop is
+never seen at all.  Tasks are never asked for their coroutine directly:
+see ``describe.task_coroutine``.
 
 Spans (iterations, waits, callbacks) are recorded when they *end*, with
 their start and duration, so they sit in the buffer in order of their end.

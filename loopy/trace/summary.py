@@ -2,7 +2,7 @@
 
 :func:`summarize` reads an exported trace (the dict :func:`~loopy.trace.load_trace`
 returns), not a live recorder, so ``loopy trace summary FILE`` works on any
-trace saved earlier, and the viewer shows the very same figures.
+loopy trace saved earlier, and the viewer shows the very same figures.
 :func:`format_summary` prints them as a small text table.
 
 Definitions:
@@ -15,6 +15,14 @@ Definitions:
   is saturated, and anything new will queue.
 * **timer lateness**: how long after its deadline each timer was moved to
   the ready queue (percentiles by nearest rank).
+* **the recorded window**: when the ring buffer dropped events, the trace
+  keeps only its last stretch (from the earliest event kept to the end).
+  Every figure but ``duration`` is over that window: iterations per second
+  divide by its length, not by the whole run's.
+* **tasks**: every task in the trace entered it one way (``create_task``,
+  first seen at a step, or created before the recorded window) and is
+  either finished or unfinished, so ``tasks_seen`` is always
+  ``tasks_finished + tasks_unfinished``.
 """
 
 from __future__ import annotations

@@ -738,7 +738,7 @@ _SCRIPT = r"""
       box(x, w, AXIS, height - AXIS, NOT_RECORDED);
       ctx.font = "12px system-ui, sans-serif";
       label("not recorded: " + DROPPED_EVENTS.toLocaleString("en-US") + " events dropped",
-            x, w, AXIS, LANES[0].h + LANES[1].h, "#59636e", false);
+            x, w, AXIS, LANES[0].h, "#59636e", false);
       return true;
     }
 

@@ -304,19 +304,19 @@ def test_a_trace_replaces_the_file_whole(tmp_path: Path) -> None:
     class Boom(Exception):
         pass
 
-    def broken_events(*args: Any) -> Any:
-        yield {"name": "x", "ph": "i", "ts": 0}
+    def broken_lines(*args: Any) -> Any:
+        yield '{"name":"x","ph":"i","ts":0}'
         raise Boom
 
     from loopy.trace import export  # noqa: PLC0415
 
-    real = export.chrome_events
-    export.chrome_events = broken_events  # type: ignore[assignment]
+    real = export._lines
+    export._lines = broken_lines  # type: ignore[assignment]
     try:
         with pytest.raises(Boom):
             write_trace(recorder, target)
     finally:
-        export.chrome_events = real
+        export._lines = real
     # The half-written trace never replaced the good one, and was removed.
     assert load_trace(target)["traceEvents"][-1]["name"] == "signal: SIGHUP"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.json"]

@@ -195,6 +195,41 @@ def test_main_takes_the_task_mode_from_the_environment(
     assert err.endswith(" INFO demo MainThread Shutting down (SIGTERM)\n")
 
 
+def test_main_with_trace_writes_it_on_sighup(
+    signal_after: Any, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    signal_after("Count: 1", signal.SIGHUP)
+    trace_file = tmp_path / "t.json"
+    assert cli.main(["--port", "0", "--interval", "0.01", "--trace", str(trace_file)]) == 0
+    assert capsys.readouterr().err.endswith(" INFO demo MainThread Shutting down (SIGHUP)\n")
+    assert load_trace(trace_file)["otherData"]["dropped_events"] == 0
+
+
+def test_trace_errors_in_process(
+    saved_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The one-line errors of ``loopy trace``, without a subprocess (see test_trace_files.py)."""
+    assert cli.main(["trace", "view", str(saved_trace), "-o", str(saved_trace)]) == 1
+    assert cli.main(["trace", "view", str(saved_trace), "-o", str(tmp_path / "no" / "x.html")]) == 1
+    assert cli.main(["trace", "summary", str(tmp_path)]) == 1
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    assert cli.main(["trace", "summary", str(bad)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"loopy: the viewer would overwrite the trace itself: {saved_trace}",
+        f"loopy: cannot write the page {tmp_path / 'no' / 'x.html'}: "
+        f"No such file or directory: '{tmp_path / 'no' / 'x.html'}'",
+        f"loopy: cannot read trace {tmp_path}: Is a directory",
+        f"loopy: {bad}: not a loopy trace: a JSON array, not an object",
+    ]
+
+
+def test_reasons_are_one_line() -> None:
+    assert cli._reason(OSError(5, "I/O error")) == "I/O error"
+    assert cli._reason(ValueError("first\nsecond")) == "first"
+    assert cli._reason(ValueError()) == "ValueError"
+
+
 def test_ctrl_c_before_the_handlers_are_installed_exits_0(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

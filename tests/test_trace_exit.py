@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -251,3 +252,49 @@ def test_a_write_that_fails_at_close_is_one_logged_line(
     assert message.startswith(f"loopy: could not write the trace to {directory / 't.json'}: ")
     assert "No such file or directory" in message
     assert record.exc_info is None  # no traceback
+
+
+def test_the_handler_writes_restores_the_default_and_re_raises(
+    tmp_path: Path, exit_signals: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raised: list[int] = []
+    monkeypatch.setattr(signal, "raise_signal", raised.append)  # instead of dying
+    monkeypatch.setenv("LOOPY_TRACE", str(tmp_path / "t.json"))
+    environment._installed.clear()
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    loop = loopy.new_event_loop()
+    try:
+        assert signal.getsignal(signal.SIGHUP) is environment._write_then_die
+        environment._write_then_die(signal.SIGHUP, None)
+        assert raised == [signal.SIGHUP]
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+        assert read_trace(tmp_path / "t.json")["otherData"]["trace_format"] == 1
+    finally:
+        loop.close()
+
+
+def test_no_variable_no_tracing_and_other_threads_install_nothing(
+    tmp_path: Path, exit_signals: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LOOPY_TRACE", raising=False)
+    loop = loopy.new_event_loop()
+    try:
+        assert environment.trace_from_environment(loop) is None
+        assert loop.instruments == ()
+    finally:
+        loop.close()
+    monkeypatch.setenv("LOOPY_TRACE", str(tmp_path / "thread.json"))
+    environment._installed.clear()
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    made: list[Any] = []
+    worker = threading.Thread(target=lambda: made.append(loopy.new_event_loop()))
+    worker.start()
+    worker.join(TIMEOUT)
+    try:
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL  # signal.signal: main thread only
+        assert len(made[0].instruments) == 1  # traced all the same
+    finally:
+        made[0].close()
+    assert (tmp_path / "thread.json").exists()

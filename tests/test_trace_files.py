@@ -383,3 +383,153 @@ def test_cli_trace_check_comes_before_listening(
     """In process: the check runs first, so a busy port is not even tried."""
     assert cli.main(["--port", "1", "--host", "192.0.2.1", "--trace", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("loopy: cannot write the trace to ")
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_each_bad_file_in_process(case: str, good_trace: dict[str, Any], tmp_path: Path) -> None:
+    make, expected = BAD_FILES[case]
+    path = tmp_path / "bad.json"
+    path.write_text(make(good_trace))
+    with pytest.raises(TraceFileError) as raised:
+        load_trace(path)
+    assert expected in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def meta(**fields: Any) -> dict[str, Any]:
+    return {"name": "thread_name", "ph": "M", "pid": 1, "tid": 1, "args": {}, **fields}
+
+
+@pytest.mark.parametrize(
+    ("event", "problem"),
+    [
+        (None, "is a JSON null, not an object"),
+        ({"name": "x"}, "has no 'ph'"),
+        ({"name": "x", "ph": "B"}, "has an unknown 'ph' \"B\""),
+        ({"ph": "M"}, "has no 'name'"),
+        (meta(name="\udc80"), "has a 'name' that is not valid Unicode"),
+        (meta(pid="1"), "has a 'pid' that is not an integer"),
+        (meta(args=None), "has a bad 'args': null"),
+        ({"name": "x", "ph": "M", "pid": 1}, "has no 'args'"),
+        ({**meta(), "ph": "C", "ts": 0, "args": {"callbacks": "3"}}, "bad args.callbacks"),
+        ({**meta(), "ph": "X", "ts": 0, "dur": -1, "cat": "wait"}, "has a bad 'dur': -1"),
+        ({**meta(), "ph": "s", "ts": 0, "cat": "task", "id": "1"}, "has a bad 'id': \"1\""),
+        (
+            {**meta(), "ph": "b", "ts": 0, "cat": "task", "id": "t", "args": {"parent": "p"}},
+            "parent",
+        ),
+        ({**meta(), "ph": "i", "ts": 0, "cat": "io", "args": {"fd": True}}, "bad args.fd: true"),
+        ({**meta(), "ph": "i", "ts": 0, "cat": "x", "args": [1]}, "has a bad 'args': [1]"),
+        ({**meta(), "ph": "X", "ts": 0, "dur": 1, "cat": "iteration", "args": {}}, "args.n: null"),
+        ({**meta(), "ph": "i", "ts": 0, "cat": "x", "args": {"k": 1}, "name": "y" * 50}, None),
+    ],
+)
+def test_event_checks(event: Any, problem: str | None) -> None:
+    from loopy.trace.fileformat import _event_problem  # noqa: PLC0415
+
+    found = _event_problem(event)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert problem in found
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"dropped_events": -1}, "otherData.dropped_events is not a count"),
+        ({"max_events": 1.5}, "otherData.max_events is not a count"),
+        ({"duration_us": -5}, "otherData.duration_us is negative"),
+        ({"start_wall_time": -1e20}, "is not a time"),
+    ],
+)
+def test_other_data_checks(
+    change: dict[str, Any], problem: str, good_trace: dict[str, Any]
+) -> None:
+    from loopy.trace.fileformat import check_trace  # noqa: PLC0415
+
+    trace = json.loads(json.dumps(good_trace))
+    trace["otherData"].update(change)
+    with pytest.raises(TraceFileError, match=problem):
+        check_trace(trace)
+    trace = json.loads(json.dumps(good_trace))
+    trace["traceEvents"] = {}
+    with pytest.raises(TraceFileError, match="traceEvents is not a list"):
+        check_trace(trace)
+
+
+def test_files_that_are_not_json_at_all(tmp_path: Path) -> None:
+    path = tmp_path / "t.json"
+    path.write_bytes(b"\xff\xfe not utf-8")
+    with pytest.raises(TraceFileError, match=r"^not a loopy trace: not JSON"):
+        load_trace(path)
+    path.write_text("[" * 100_000)
+    with pytest.raises(TraceFileError, match=r"^not a loopy trace: not JSON"):
+        load_trace(path)
+    path.write_text('{"traceEvents": [], "otherData": {"x": Infinity}}')
+    with pytest.raises(TraceFileError, match=r"^damaged trace: Infinity is not a JSON number$"):
+        load_trace(path)
+
+
+def test_unusual_records_still_export(tmp_path: Path) -> None:
+    """Duplicates, finishes without a start, unknown kinds, steps at no finite time."""
+    recorder = TraceRecorder()
+    created = {"task": 1, "parent": None, "first_sight": False}
+    recorder._add("task-created", 0.0, None, "Task a", created)
+    recorder._add("task-created", 0.0, None, "Task a", created)  # said twice: one span
+    recorder._add("mystery", 0.0, None, "?", {})  # a kind from the future: nothing to draw
+    recorder._add("task-step", float("inf"), 0.0, "Task a", {"task": 1})  # nowhere to place
+    recorder._add("task-finished", 0.001, None, "Task b",
+                  {"task": 2, "outcome": "result", "exception": None})  # fmt: skip
+    path = write_trace(recorder, tmp_path / "t.json")
+    trace = load_trace(path)
+    spans = [
+        (e["ph"], e["id"], e["args"].get("origin"))
+        for e in trace["traceEvents"]
+        if e.get("cat") == "task"
+    ]
+    assert spans == [
+        ("b", "task-1", "create_task"),
+        ("b", "task-2", "unrecorded"),
+        ("e", "task-2", None),
+        ("e", "task-1", None),
+    ]
+    assert trace["otherData"]["unwritable_events"] == 1
+    assert not any(e["name"] == "?" for e in trace["traceEvents"])
+    in_memory = loopy.trace.to_chrome_trace(recorder)
+    assert any(e["ts"] == float("inf") for e in in_memory["traceEvents"])
+    # The page's data is strict JSON even so.
+    page = loopy.trace.render_viewer(in_memory)
+    assert "Infinity" not in page
+
+
+def test_save_all_writes_what_is_left(tmp_path: Path) -> None:
+    from loopy.trace import export  # noqa: PLC0415
+
+    loop = loopy.new_event_loop()
+    try:
+        loopy.trace.trace_to_file(loop, tmp_path / "t.json")
+        export.save_all()
+        assert load_trace(tmp_path / "t.json")["otherData"]["trace_format"] == TRACE_FORMAT
+    finally:
+        loop.close()
+
+
+def test_labels_of_tasks_whose_coroutine_is_gone() -> None:
+    from loopy.trace.describe import coroutine_name, task_label  # noqa: PLC0415
+
+    class Finished:
+        _coro = None
+
+        def done(self) -> bool:
+            return True
+
+        def get_name(self) -> str:
+            return "gone"
+
+        def get_coro(self) -> Any:
+            raise AssertionError("never asked of a done task")
+
+    assert task_label(Finished()) == "Task gone"
+    assert coroutine_name(None) is None

@@ -297,3 +297,34 @@ def test_tasks_finished_in_their_eager_first_step_do_not_crash_the_interpreter()
         assert "(coro:" not in lines[0]
     # loopy's Task keeps it.
     assert "(coro: quick)" in lines[-2]
+
+
+ALL_TASK_CLASSES = [asyncio.Task, asyncio.tasks._PyTask, LoopyTask]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("task_class", ALL_TASK_CLASSES, ids=["C", "Python", "loopy"])
+def test_only_steps_and_wake_ups_count_as_a_task_running(vloop: Any, task_class: Any) -> None:
+    """``call_soon(task.cancel)`` is a callback about a task, not the task running.
+
+    Every Task class's step and wake-up are recognised (asyncio's C and
+    pure-Python ones, loopy's): their names are CPython's internals, so a
+    new version that renames them fails here.
+    """
+
+    async def sleeper() -> None:
+        await asyncio.sleep(10)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        task = task_class(sleeper(), loop=loop, name="sleeper")  # built directly
+        await asyncio.sleep(0)
+        loop.call_soon(task.cancel)
+        await asyncio.gather(task, return_exceptions=True)
+
+    recorder = record(vloop, main)
+    kinds = {(e.type, e.name) for e in recorder.events if e.type in ("callback", "task-step")}
+    assert ("callback", "Task.cancel") in kinds
+    steps = [e for e in recorder.events if e.type == "task-step" and "sleeper" in e.name]
+    assert len(steps) == 2  # its first step, and the wake-up that raised CancelledError
+    assert created(recorder)["sleeper"][1]["first_sight"] is True
+    assert_counts_agree(recorder)

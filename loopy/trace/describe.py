@@ -92,15 +92,30 @@ def task_label(task: Any) -> str:
     return f"Task {task.get_name()} (coro: {name})"
 
 
+# The names of the methods a task schedules to run itself: its step and the
+# wake-up it leaves on the future it awaits.  asyncio's C Task: a
+# TaskStepMethWrapper (no name) and ``task_wakeup``; its pure-Python Task:
+# ``__step`` and ``__wakeup``; loopy's: ``_step`` and ``_wakeup``.
+_STEP_NAMES = frozenset({"task_wakeup", "__step", "__wakeup", "_step", "_wakeup"})
+
+
 def callback_task(callback: object) -> Any:
     """The task a callback steps or wakes up, or None.
 
     A task step is a method bound to its task (``Task._step``, or asyncio's C
     ``TaskStepMethWrapper``), and so is the wake-up a task leaves on the
-    future it awaits: both have the task as ``__self__``.
+    future it awaits: both have the task as ``__self__``.  Other methods of
+    a task (``loop.call_later(5, task.cancel)``) are plain callbacks: they
+    do not run the task's coroutine.
     """
     owner = getattr(callback, "__self__", None)
-    return owner if is_task(owner) else None
+    if not is_task(owner):
+        return None
+    if type(callback).__name__ == "TaskStepMethWrapper" or (
+        getattr(callback, "__name__", None) in _STEP_NAMES
+    ):
+        return owner
+    return None
 
 
 def handle_label(handle: Any) -> str:

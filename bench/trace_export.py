@@ -23,7 +23,6 @@ import asyncio
 import gc
 import json
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -183,7 +182,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  file            {figures['file_mib']:.1f} MiB")
     if options.json:
         Path(options.json).write_text(json.dumps(figures, indent=2) + "\n")
-    _ = resource  # (used in the child's code)
     return 0
 
 

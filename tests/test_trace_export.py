@@ -194,3 +194,22 @@ def test_the_strict_parser_reads_a_dropped_trace(vloop: Any, tmp_path: Path) -> 
     trace = strict_json_loads(path.read_bytes())
     check_trace(trace)
     assert json.loads(path.read_text())["otherData"]["dropped_events"] > 0
+
+
+def test_the_bench_reports_time_rss_and_tracemalloc(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``python -m bench.trace_export``, small: every figure is there and plausible."""
+    from bench import trace_export  # noqa: PLC0415
+
+    out = tmp_path / "figures.json"
+    assert trace_export.main(["--events", "3000", "--rounds", "1", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    for label in ("time", "RSS", "RSS peak", "tracemalloc", "file"):
+        assert f"\n  {label} " in text
+    figures = json.loads(out.read_text())
+    assert figures["events"] == 3000
+    assert 0 < figures["export_s"] < 10
+    assert figures["rss_after_mib"] > 0
+    assert figures["peak_after_export_mib"] >= figures["peak_before_export_mib"] > 0
+    assert 0 < figures["peak_share"] < 10

@@ -199,6 +199,21 @@ def check_trace(trace: Any) -> None:
         (i, problems) for i, e in enumerate(trace["traceEvents"]) if (problems := check_event(e))
     ]
     assert not bad, bad[:10]
+    # Complete events on one track nest or stand apart, never overlap (the
+    # format's rule, which Perfetto enforces), in whole nanoseconds.
+    tracks: dict[tuple[Any, Any], list[tuple[int, int]]] = {}
+    for event in trace["traceEvents"]:
+        if event["ph"] == "X":
+            span = (round(event["ts"] * 1000), round((event["ts"] + event["dur"]) * 1000))
+            tracks.setdefault((event["pid"], event["tid"]), []).append(span)
+    for track, spans in tracks.items():
+        spans.sort(key=lambda span: (span[0], -span[1]))
+        open_ends: list[int] = []
+        for begin, end in spans:
+            while open_ends and open_ends[-1] <= begin:
+                open_ends.pop()
+            assert not open_ends or end <= open_ends[-1], f"overlapping spans on {track}"
+            open_ends.append(end)
     # Async spans pair up: every b has its e, in order, per id.
     depth: dict[Any, int] = {}
     for event in trace["traceEvents"]:
@@ -231,6 +246,15 @@ def check_trace(trace: Any) -> None:
 def test_the_checker_finds_each_kind_of_mistake(event: dict[str, Any], problem: str) -> None:
     problems = check_event(event)
     assert any(problem in p for p in problems), problems
+
+
+def test_the_checker_finds_overlapping_spans() -> None:
+    def span(ts: float, dur: float) -> dict[str, Any]:
+        return {"name": "x", "ph": "X", "ts": ts, "dur": dur, "pid": 1, "tid": 1}
+
+    check_trace({"traceEvents": [span(0, 10), span(2, 3), span(10, 1)]})  # nested, then apart
+    with pytest.raises(AssertionError, match="overlapping spans"):
+        check_trace({"traceEvents": [span(0, 10), span(9.999, 1)]})
 
 
 # ----------------------------------------------------------------------

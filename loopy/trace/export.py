@@ -109,6 +109,21 @@ def _us(seconds: float) -> float:
         return seconds
 
 
+def _span(start: float, duration: float) -> tuple[float, float]:
+    """A span's ``ts`` and ``dur`` in microseconds, both from whole nanoseconds.
+
+    ``dur`` is the rounded end minus the rounded start, not the rounded
+    duration: rounded separately, a span could end a nanosecond after the
+    next one on its track begins, and the format (Perfetto strictly) wants
+    the spans of a track nested or apart, never overlapping.
+    """
+    try:
+        begin = round(start * 1e9)
+        return begin / 1e3, (round((start + duration) * 1e9) - begin) / 1e3
+    except (OverflowError, ValueError):  # infinite, NaN
+        return start, duration
+
+
 def _ms(seconds: float | None) -> float | None:
     """Durations in ``args`` are in milliseconds: what a person reads best.
 
@@ -266,7 +281,8 @@ class _Converter:
         if number not in self.open or number in self.arrows:
             return None  # its b (or its arrow) goes out first: the general way
         try:
-            ts, dur = round(record[1] * 1e9) / 1e3, round(record[2] * 1e9) / 1e3
+            begin = round(record[1] * 1e9)
+            ts, dur = begin / 1e3, (round((record[1] + record[2]) * 1e9) - begin) / 1e3
         except (OverflowError, ValueError):  # a time that is not finite: the careful way
             return None
         return (
@@ -279,10 +295,7 @@ class _Converter:
         kind, start, duration, name = record[0], record[1], record[2], record[3]
         if kind == "task-step":  # by far the most common: a fast path, written out
             number = record[5]
-            try:
-                ts, dur = round(start * 1e9) / 1e3, round(duration * 1e9) / 1e3
-            except (OverflowError, ValueError):  # not finite (see _us)
-                ts, dur = start, duration
+            ts, dur = _span(start, duration)
             step = {
                 "name": name,
                 "cat": "task-step",
@@ -328,12 +341,13 @@ class _Converter:
     def _complete(
         self, name: str, cat: str, start: float, duration: float, tid: int, args: dict[str, Any]
     ) -> dict[str, Any]:
+        ts, dur = _span(start, duration)
         return {
             "name": name,
             "cat": cat,
             "ph": "X",
-            "ts": _us(start),
-            "dur": _us(duration),
+            "ts": ts,
+            "dur": dur,
             "pid": self.pid,
             "tid": tid,
             "args": args,

@@ -8,9 +8,11 @@ known command, the command is ``run``, so ``loopy --port 0`` is
 A command is a name in :data:`COMMANDS` with a function that adds its
 options to a parser and a function that runs it and returns the exit code.
 
-Exit codes: 0 after a clean shutdown (Ctrl-C or SIGTERM included), 1 when
-the program cannot listen or a trace cannot be read (one line on stderr says
-why), 2 for a bad command line (argparse's usage and error lines).
+Exit codes: 0 after a clean shutdown (Ctrl-C, SIGTERM or SIGHUP included),
+1 when the program cannot listen or a trace cannot be read or its page
+written (one line on stderr says why), 2 for a bad command line (argparse's
+usage and error lines) and for a ``--trace`` file that could not be written:
+that is checked before anything runs, not found out at exit.
 """
 
 from __future__ import annotations
@@ -20,14 +22,23 @@ import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import NamedTuple
 
 from . import demo
 from .loop import TASK_MODE_ENV, TASK_MODES, new_event_loop, resolve_task_mode
-from .trace import format_summary, load_trace, summarize, trace_to_file, write_viewer
+from .trace import format_summary, load_trace, render_viewer, summarize, trace_to_file
+from .trace.fileformat import TraceFileError, check_writable
+from .trace.viewer import page_path
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(module)s %(threadName)s %(message)s"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+#: The bounds of ``--interval``, in seconds.  Below a millisecond the ticker
+#: would be all the program does; above a day nobody is waiting for it; and
+#: far beyond either (1e-310, 1e300) the arithmetic of deadlines overflows.
+MIN_INTERVAL = 0.001
+MAX_INTERVAL = 86400.0
 
 
 class Command(NamedTuple):
@@ -78,9 +89,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--interval",
-        type=_positive_float,
+        type=_interval,
         default=1.0,
-        help="seconds between two ticks (%(default)s)",
+        help=f"seconds between two ticks, {MIN_INTERVAL:g} to {MAX_INTERVAL:g} (%(default)s)",
     )
     parser.add_argument(
         "--max-log-bytes",
@@ -106,7 +117,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "--trace",
         metavar="FILE",
         default=None,
-        help="record what the loop does into FILE (Chrome trace JSON), written at exit",
+        help="record what the loop does into FILE (Chrome trace JSON), written at exit; "
+        "checked for writing first",
     )
 
 
@@ -116,6 +128,13 @@ def _run(options: argparse.Namespace) -> int:
     except ValueError as exc:  # a bad $LOOPY_TASKS (--tasks itself is checked by argparse)
         print(f"loopy: ${TASK_MODE_ENV}: {exc}", file=sys.stderr)
         return 2
+    if options.trace:
+        try:
+            check_writable(options.trace)
+        except OSError as exc:
+            reason = _reason(exc)
+            print(f"loopy: cannot write the trace to {options.trace}: {reason}", file=sys.stderr)
+            return 2
     try:
         listener = demo.open_listener(options.host, options.port)
     except OSError as exc:
@@ -167,10 +186,12 @@ def _port(text: str) -> int:
     return port
 
 
-def _positive_float(text: str) -> float:
+def _interval(text: str) -> float:
     value = float(text)
-    if not (value > 0 and value < float("inf")):
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    if not MIN_INTERVAL <= value <= MAX_INTERVAL:  # NaN fails too
+        raise argparse.ArgumentTypeError(
+            f"must be {MIN_INTERVAL:g} to {MAX_INTERVAL:g} seconds, not {text}"
+        )
     return value
 
 
@@ -201,14 +222,36 @@ def _add_trace_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _trace(options: argparse.Namespace) -> int:
     try:
-        if options.action == "view":
-            print(write_viewer(options.file, options.output))
-        else:
-            sys.stdout.write(format_summary(summarize(load_trace(options.file))))
-    except (OSError, ValueError) as exc:  # a missing file, or not a trace (bad JSON included)
-        print(f"loopy: cannot read trace {options.file}: {exc}", file=sys.stderr)
+        page = page_path(options.file, options.output) if options.action == "view" else None
+        trace = load_trace(options.file)
+    except TraceFileError as exc:  # not a loopy trace, or a damaged one: the message says which
+        print(f"loopy: {options.file}: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a missing file, a directory...
+        print(f"loopy: cannot read trace {options.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # the page would overwrite the trace
+        print(f"loopy: {exc}", file=sys.stderr)
+        return 1
+    if page is None:
+        sys.stdout.write(format_summary(summarize(trace)))
+        return 0
+    text = render_viewer(trace, title=Path(options.file).name)
+    try:
+        page.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        print(f"loopy: cannot write the page {page}: {_reason(exc)}", file=sys.stderr)
+        return 1
+    print(page)
     return 0
+
+
+def _reason(exc: BaseException) -> str:
+    """An error as one line: ``No such file or directory: '/x'`` rather than ``[Errno 2] ...``."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = exc.filename if exc.filename is not None else None
+        return f"{exc.strerror}: {where!r}" if where is not None else exc.strerror
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 COMMANDS: dict[str, Command] = {

@@ -12,9 +12,9 @@ one primitive of the loop (``loop.py``):
   the selector (``add_reader``) until a client knocks;
 * each **connection** is a task of its own awaiting ``sock_recv``: one reader
   registration per client, so a silent client costs nothing and blocks nobody;
-* **shutdown** is a signal handler (``add_signal_handler``): SIGINT or SIGTERM
-  arrives through the wake-up socket as an ordinary callback, which resolves
-  the future :meth:`Program.run` waits on.
+* **shutdown** is a signal handler (``add_signal_handler``): SIGINT, SIGTERM
+  or SIGHUP (the terminal went away) arrives through the wake-up socket as an
+  ordinary callback, which resolves the future :meth:`Program.run` waits on.
 
 What it logs, one line per event, always from ``MainThread``::
 
@@ -25,7 +25,8 @@ What it logs, one line per event, always from ``MainThread``::
     Closed ('127.0.0.1', 62857)               the client closed (or we did)
     Reset ('127.0.0.1', 62857)                the client reset the connection
 
-On SIGINT or SIGTERM it logs ``Shutting down (SIGINT)`` (or ``SIGTERM``),
+On SIGINT, SIGTERM or SIGHUP it logs ``Shutting down (SIGINT)`` (or
+``SIGTERM``, ``SIGHUP``),
 closes the listener, then closes every open connection, logging
 ``Closed ADDR`` for each, and :meth:`Program.run` returns.
 """
@@ -62,7 +63,9 @@ ACCEPT_PAUSE = 0.5
 # and accept the next one, no pause needed.
 _CONNECTION_GONE = (errno.ECONNABORTED, errno.EPROTO)
 
-_SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# SIGHUP too: closing the terminal the program runs in must shut it down
+# cleanly (and write its trace), not kill it where it stands.
+_SHUTDOWN_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def open_listener(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
@@ -143,7 +146,7 @@ class Program:
     """The ticker and the TCP logger on one listener, until told to stop.
 
     ``Program(listener).run()`` is the whole program; :meth:`stop` (which
-    SIGINT and SIGTERM call) ends it.  The listener belongs to the program
+    SIGINT, SIGTERM and SIGHUP call) ends it.  The listener belongs to the program
     from then on: ``run`` closes it on the way out.
     """
 
@@ -165,7 +168,7 @@ class Program:
             self._stopping.set_result(reason)
 
     async def run(self) -> None:
-        """Tick and serve until :meth:`stop`, SIGINT or SIGTERM; then close everything.
+        """Tick and serve until :meth:`stop`, SIGINT, SIGTERM or SIGHUP; then close everything.
 
         If the ticker or the acceptor fails (a bug), the program shuts down
         the same way and the error propagates.

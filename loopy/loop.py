@@ -1080,12 +1080,12 @@ def new_event_loop(*, tasks: str | None = None) -> Loop:
     is not given, the ``LOOPY_TASKS`` environment variable decides.
 
     With ``LOOPY_TRACE=FILE`` in the environment, the loop is traced from
-    birth and the trace written to FILE when it closes (see ``trace/``).
+    birth and the trace written to FILE when it closes; ``ValueError`` if
+    FILE cannot be written (see ``trace/environment.py``).
     """
     loop = Loop(tasks=tasks)
-    trace_path = os.environ.get(TRACE_ENV)
-    if trace_path:
-        from .trace import trace_to_file  # noqa: PLC0415 - imported only when asked for
+    if os.environ.get(TRACE_ENV):
+        from .trace.environment import trace_from_environment  # noqa: PLC0415 - only if asked
 
-        trace_to_file(loop, trace_path)
+        trace_from_environment(loop)
     return loop

@@ -54,3 +54,27 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     yield a, b
     a.close()
     b.close()
+
+
+@pytest.fixture(autouse=True)
+def _trace_files_are_strict_json(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every trace file loopy writes in a test's tmp_path must be strict JSON (RFC 8259).
+
+    NaN or Infinity in a trace broke the viewer's ``JSON.parse`` and
+    Perfetto once; this reads every ``*.json`` file that starts the way
+    loopy's writer starts one with a parser that refuses them
+    (``tests/test_trace_format.py``).  Files a test damages on purpose are
+    written by ``json.dumps``, which starts differently.
+    """
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    # Asked for now, so that it is torn down after this fixture, not before.
+    tmp_path = request.getfixturevalue("tmp_path")
+    yield
+    from tests.test_trace_format import strict_json_loads  # noqa: PLC0415 - only when needed
+
+    for path in sorted(tmp_path.rglob("*.json"))[:100]:
+        data = path.read_bytes()
+        if data.startswith(b'{"traceEvents":[\n'):
+            strict_json_loads(data)

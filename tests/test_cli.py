@@ -33,6 +33,7 @@ import pytest
 
 import loopy
 from loopy import cli, demo
+from loopy.trace import load_trace
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 10.0  # seconds: the longest any single wait may take
@@ -55,6 +56,7 @@ def test_help_describes_the_options_and_the_commands(capsys: pytest.CaptureFixtu
     assert out.startswith("usage: loopy [run] [-h] [--host HOST] [--port PORT]")
     for option in ("--interval", "--max-log-bytes", "--log-level", "--tasks {asyncio,loopy}"):
         assert option in out
+    assert "seconds between two ticks, 0.001 to 86400 (1.0)" in " ".join(out.split())
     assert "commands (the first argument; `run` when it is none of these):" in out
     assert "\n  run " in out
     assert cli.main(["run", "--help"]) == 0
@@ -68,8 +70,14 @@ def test_help_describes_the_options_and_the_commands(capsys: pytest.CaptureFixtu
         (["run", "extra"], "unrecognized arguments: extra"),
         (["--port", "http"], "argument --port: invalid _port value: 'http'"),
         (["--port", "65536"], "argument --port: port must be 0..65535, not 65536"),
-        (["--interval", "0"], "argument --interval: must be a positive number, not 0"),
-        (["--interval", "nan"], "argument --interval: must be a positive number, not nan"),
+        *(
+            (
+                ["--interval", value],
+                f"argument --interval: must be 0.001 to 86400 seconds, not {value}",
+            )
+            # 1e-310 was once accepted, and the ticker died of OverflowError with a traceback.
+            for value in ("0", "nan", "1e-310", "0.0009", "86400.5", "inf", "-1")
+        ),
         (["--max-log-bytes", "-1"], "argument --max-log-bytes: must be 0 or more, not -1"),
         (["--log-level", "loud"], "argument --log-level: invalid choice: 'LOUD'"),
         (["--tasks", "trio"], "argument --tasks: invalid choice: 'trio'"),
@@ -83,6 +91,11 @@ def test_a_bad_command_line_exits_2_with_usage(
     usage, message = err.rstrip("\n").rsplit("\n", 1)
     assert usage.startswith("usage: loopy [run] ")
     assert message.startswith(f"loopy: error: {error}")
+
+
+def test_the_interval_bounds_themselves_are_accepted() -> None:
+    assert cli._interval("0.001") == 0.001
+    assert cli._interval("86400") == 86400.0
 
 
 def test_a_bad_loopy_tasks_variable_exits_2(
@@ -180,6 +193,41 @@ def test_main_takes_the_task_mode_from_the_environment(
     err = capsys.readouterr().err
     assert " tasks=loopy>" in err
     assert err.endswith(" INFO demo MainThread Shutting down (SIGTERM)\n")
+
+
+def test_main_with_trace_writes_it_on_sighup(
+    signal_after: Any, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    signal_after("Count: 1", signal.SIGHUP)
+    trace_file = tmp_path / "t.json"
+    assert cli.main(["--port", "0", "--interval", "0.01", "--trace", str(trace_file)]) == 0
+    assert capsys.readouterr().err.endswith(" INFO demo MainThread Shutting down (SIGHUP)\n")
+    assert load_trace(trace_file)["otherData"]["dropped_events"] == 0
+
+
+def test_trace_errors_in_process(
+    saved_trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The one-line errors of ``loopy trace``, without a subprocess (see test_trace_files.py)."""
+    assert cli.main(["trace", "view", str(saved_trace), "-o", str(saved_trace)]) == 1
+    assert cli.main(["trace", "view", str(saved_trace), "-o", str(tmp_path / "no" / "x.html")]) == 1
+    assert cli.main(["trace", "summary", str(tmp_path)]) == 1
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    assert cli.main(["trace", "summary", str(bad)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"loopy: the viewer would overwrite the trace itself: {saved_trace}",
+        f"loopy: cannot write the page {tmp_path / 'no' / 'x.html'}: "
+        f"No such file or directory: '{tmp_path / 'no' / 'x.html'}'",
+        f"loopy: cannot read trace {tmp_path}: Is a directory",
+        f"loopy: {bad}: not a loopy trace: a JSON array, not an object",
+    ]
+
+
+def test_reasons_are_one_line() -> None:
+    assert cli._reason(OSError(5, "I/O error")) == "I/O error"
+    assert cli._reason(ValueError("first\nsecond")) == "first"
+    assert cli._reason(ValueError()) == "ValueError"
 
 
 def test_ctrl_c_before_the_handlers_are_installed_exits_0(
@@ -390,6 +438,20 @@ def test_sigterm_closes_open_connections_and_exits_0(start: Any) -> None:
         assert conn.recv(10) == b""  # closed by the program
     assert loopy.messages()[-2:] == ["Shutting down (SIGTERM)", f"Closed {addr}"]
     assert "Traceback" not in "\n".join(loopy.lines)
+
+
+def test_sighup_shuts_down_like_sigterm_and_the_trace_is_written(
+    start: Any, tmp_path: Path
+) -> None:
+    """Closing the terminal: a clean shutdown, exit 0, the whole trace on disk."""
+    trace_file = tmp_path / "hup.json"
+    loopy = start("--interval", "0.2", "--trace", str(trace_file))
+    loopy.wait_for_ticks(1)
+    assert loopy.stop(signal.SIGHUP) == 0
+    assert loopy.messages()[-1] == "Shutting down (SIGHUP)"
+    events = load_trace(trace_file)["traceEvents"]
+    assert any(e["ph"] == "i" and e["name"] == "signal: SIGHUP" for e in events)
+    assert any(e.get("cat") == "iteration" for e in events)
 
 
 def test_a_busy_port_exits_1_with_one_line_on_stderr() -> None:
@@ -675,8 +737,11 @@ def test_trace_of_a_missing_or_broken_file_is_one_line(
     broken.write_text("{not json")
     assert cli.main(["trace", "view", str(broken)]) == 1
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 2
-    assert all(line.startswith("loopy: cannot read trace ") for line in err)
+    assert err == [
+        f"loopy: cannot read trace {tmp_path / 'missing.json'}: No such file or directory",
+        f"loopy: {broken}: not a loopy trace: not JSON (Expecting property name enclosed in "
+        "double quotes: line 1 column 2 (char 1))",
+    ]
 
 
 def test_trace_needs_an_action(capsys: pytest.CaptureFixture[str]) -> None:

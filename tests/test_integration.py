@@ -23,6 +23,7 @@ import gc
 import os
 import random
 import socket
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
@@ -666,7 +667,16 @@ def test_tracing_an_aiohttp_app(tasks: str, tmp_path: Path) -> None:
     trace = loopy.trace.load_trace(trace_path)
     summary = loopy.trace.summarize(trace)
     assert summary.iterations > 10
-    assert summary.tasks_created >= 5  # aiohttp runs each request in a task
+    # Every task the trace saw is accounted for: no "created 1, finished 3".
+    assert summary.tasks_seen == summary.tasks_finished + summary.tasks_unfinished
+    if sys.version_info >= (3, 12):
+        # aiohttp builds its tasks directly (asyncio.Task(..., eager_start=True)):
+        # the connection handler enters the trace at its first wake-up (first
+        # sight); each request's task finishes inside its eager first step,
+        # never reaching the loop, so no trace can see it.
+        assert summary.tasks_first_seen >= 1
+    else:
+        assert summary.tasks_created >= 5  # aiohttp runs each request in a create_task task
     names = {e["name"] for e in trace["traceEvents"] if e.get("cat") == "task-step"}
     assert any("(coro: " in name for name in names)
     page = loopy.trace.write_viewer(trace_path)

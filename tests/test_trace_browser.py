@@ -9,6 +9,8 @@ The screenshot is a test artifact: in the test's tmp dir, or in
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
 import re
 import shutil
@@ -17,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+import loopy
+import loopy.trace
 from loopy.trace import load_trace, summarize, write_viewer
 from tests.test_trace_viewer import record_sample_trace
 
@@ -121,3 +125,57 @@ def test_a_link_to_a_time_range_draws_only_its_iterations(page: Path, tmp_path: 
     result = run_chromium_url(url, tmp_path / "profile", "--dump-dom")
     assert f'data-drawn-iterations="{len(overlapping)}"' in result.stdout
     assert "50.000 ms \u2013 100.000 ms" in result.stdout
+
+
+@pytest.mark.parametrize("tasks", ["asyncio", "loopy"])
+def test_a_program_waiting_forever_draws_every_iteration(tasks: str, tmp_path: Path) -> None:
+    """``await asyncio.sleep(math.inf)``: its timer's delay once wrote ``Infinity``.
+
+    ``JSON.parse`` refused the page's data and the timeline stayed blank
+    ("iterations drawn: 0 of 12").  The delay is now written as null.
+    """
+    path = tmp_path / "forever.json"
+
+    async def main() -> None:
+        with loopy.trace.tracing(path):
+            forever = asyncio.ensure_future(asyncio.sleep(math.inf))
+            for _ in range(12):
+                await asyncio.sleep(0.001)
+            forever.cancel()
+            await asyncio.gather(forever, return_exceptions=True)
+
+    loopy.run(main(), tasks=tasks)
+    text = path.read_text()
+    assert "Infinity" not in text
+    assert '"delay_ms":null' in text
+    iterations = summarize(load_trace(path)).iterations
+    assert iterations >= 12
+    page = write_viewer(path)
+    result = run_chromium(page, tmp_path / "profile", "--dump-dom", "--virtual-time-budget=5000")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f'data-drawn-iterations="{iterations}"' in result.stdout
+    assert '<pre id="errors" hidden=""></pre>' in result.stdout
+    assert_no_script_errors(result.stderr)
+
+
+def test_the_span_whose_events_were_dropped_is_marked(tmp_path: Path) -> None:
+    """Not left blank as if the loop had idled: shaded, and said above the figures."""
+    path = tmp_path / "dropped.json"
+
+    async def main() -> None:
+        with loopy.trace.tracing(path, max_events=400):
+            for _ in range(300):
+                await asyncio.sleep(0.0002)
+
+    loopy.run(main())
+    summary = summarize(load_trace(path))
+    assert summary.dropped_events > 0
+    page = write_viewer(path)
+    assert f"{summary.dropped_events:,} events dropped" in page.read_text()
+    result = run_chromium(page, tmp_path / "profile", "--dump-dom", "--virtual-time-budget=5000")
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = result.stdout
+    assert 'data-not-recorded-drawn="yes"' in dom
+    assert f'data-drawn-iterations="{summary.iterations}"' in dom
+    assert 'id="dropped-note"' in dom
+    assert_no_script_errors(result.stderr)

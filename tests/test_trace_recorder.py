@@ -82,12 +82,12 @@ def test_the_exact_events_of_a_small_program(vloop: Any, pair: Any) -> None:
     main, child = "Task main (coro: main)", "Task child (coro: child)"
     zero: dict[str, Any] = {"timeout": 0.0, "ready": ()}
     assert sequence(recorder) == [
-        ("task-created", 0.0, None, main, {"task": 1, "parent": None}),
+        ("task-created", 0.0, None, main, {"task": 1, "parent": None, "first_sight": False}),
         # 1: main's first step creates the child and schedules the timer.  No
         # wait: a callback is ready and only the loop's wake-up socket is
         # watched ("fds": 1), so the loop skips select() (iterations 5-7 too).
         ("counters", 0.0, None, "counters", {"ready": 1, "fds": 1}),
-        ("task-created", 0.0, None, child, {"task": 2, "parent": 1}),
+        ("task-created", 0.0, None, child, {"task": 2, "parent": 1, "first_sight": False}),
         ("timer-scheduled", 0.0, None, "send_ping", {"delay": 0.5}),
         ("task-step", 0.0, 0.0, main, {"task": 1}),
         ("iteration", 0.0, 0.0, "iteration 1", {"n": 1, "wait": 0.0, "callbacks": 1}),
@@ -448,13 +448,13 @@ def test_task_spans_and_the_creation_arrow(vloop: Any, pair: Any) -> None:
         ("e", "task-2", "Task child (coro: child)", 750000.0),
     ]
     child_begin = next(e for e in events if e["ph"] == "b" and e["id"] == "task-2")
-    assert child_begin["args"] == {"task": 2, "created": True, "parent": 1}
+    assert child_begin["args"] == {"task": 2, "origin": "create_task", "parent": 1}
     flow = [e for e in events if e["ph"] in ("s", "f")]
     assert [(e["ph"], e["id"], e["ts"]) for e in flow] == [("s", 2, 0.0), ("f", 2, 0.0)]
     assert flow[1]["bp"] == "e"
 
 
-def test_tasks_from_before_the_trace_and_unfinished_ones_still_get_whole_spans(
+def test_tasks_from_before_the_trace_begin_at_first_sight_and_unfinished_ones_end_with_it(
     vloop: Any,
 ) -> None:
     started = asyncio.Event()
@@ -481,8 +481,12 @@ def test_tasks_from_before_the_trace_and_unfinished_ones_still_get_whole_spans(
     begins = {e["name"]: e for e in trace["traceEvents"] if e["ph"] == "b"}
     ends = {e["name"]: e for e in trace["traceEvents"] if e["ph"] == "e"}
     older_name = f"Task {older.get_name()} (coro: forever)"
-    assert begins[older_name]["ts"] == 0.0
-    assert begins[older_name]["args"]["created"] is False
+    assert begins[older_name]["ts"] == 0.0  # its first step in the trace: the cancellation
+    assert begins[older_name]["args"] == {
+        "task": begins[older_name]["args"]["task"],
+        "origin": "first_sight",
+        "parent": None,
+    }
     assert ends[older_name]["args"]["outcome"] == "cancelled"
     assert ends["Task unfinished (coro: forever)"]["args"] == {"outcome": "unfinished"}
     assert ends["Task unfinished (coro: forever)"]["ts"] == 1e6
@@ -509,14 +513,14 @@ def test_write_and_load_trace(vloop: Any, pair: Any, tmp_path: Path) -> None:
     assert loaded == json.loads(json.dumps(to_chrome_trace(recorder)))
     # One event per line: easy to grep.
     assert len(path.read_text().splitlines()) == len(loaded["traceEvents"]) + 3
+    assert loaded["otherData"]["trace_format"] == 1
 
+    # A bare array of events is a valid Chrome trace, but carries no
+    # trace_format: not a loopy trace.
     bare = tmp_path / "bare.json"
     bare.write_text(json.dumps(loaded["traceEvents"]))
-    assert load_trace(bare) == {"traceEvents": loaded["traceEvents"]}
-    bad = tmp_path / "bad.json"
-    bad.write_text('{"events": []}')
-    with pytest.raises(ValueError, match="not a Chrome trace"):
-        load_trace(bad)
+    with pytest.raises(ValueError, match=r"^not a loopy trace: a JSON array, not an object$"):
+        load_trace(bare)
 
 
 # ----------------------------------------------------------------------

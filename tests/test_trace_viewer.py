@@ -21,6 +21,7 @@ from loopy.trace import (
     load_trace,
     render_viewer,
     summarize,
+    to_chrome_trace,
     write_trace,
     write_viewer,
 )
@@ -162,3 +163,32 @@ def test_a_page_for_an_empty_trace() -> None:
     assert 'data-trace-iterations="0"' in page
     assert "no callbacks" in page
     assert '<td colspan="4">none</td>' in page
+
+
+def test_the_page_says_which_tasks_were_first_seen_and_what_was_dropped(tmp_path: Path) -> None:
+    loop = make_loop("loopy", virtual=True)
+    recorder = TraceRecorder(max_events=200)
+
+    async def child() -> None:
+        await asyncio.sleep(0.001)
+
+    async def main() -> None:
+        for _ in range(100):
+            await asyncio.sleep(0.001)
+        await asyncio.Task(child(), loop=asyncio.get_running_loop(), name="direct")
+
+    recorder.attach(loop)
+    try:
+        loop.run_until_complete(loop.create_task(main(), name="main"))
+    finally:
+        recorder.detach()
+        loop.close()
+    summary = summarize(to_chrome_trace(recorder))
+    assert summary.tasks_first_seen == 1
+    assert summary.dropped_events > 0
+    page = write_viewer(write_trace(recorder, tmp_path / "t.json")).read_text()
+    assert "first seen running 1" in page
+    assert f"{summary.dropped_events:,} events dropped" in page
+    assert f'data-dropped-events="{summary.dropped_events}"' in page
+    assert f'data-recorded-from="{round(summary.recorded_from * 1e6, 3)!r}"' in page
+    assert '"origin":"first_sight"' in page

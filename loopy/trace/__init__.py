@@ -4,10 +4,15 @@ The pieces, in the order you meet them:
 
 * ``recorder.py``  :class:`TraceRecorder`, an instrument that records every
   iteration, wait and callback into a bounded ring buffer
-* ``export.py``    :func:`to_chrome_trace`/:func:`write_trace`: the recording
-  as Chrome Trace Event JSON, for Perfetto or ``chrome://tracing``;
-  :func:`load_trace` reads it back; :func:`tracing` records a ``with`` block;
-  :func:`trace_to_file` records a loop until it closes (``LOOPY_TRACE``)
+* ``export.py``    :func:`chrome_events`/:func:`write_trace`: the recording
+  as Chrome Trace Event JSON, streamed, for Perfetto or ``chrome://tracing``;
+  :func:`tracing` records a ``with`` block; :func:`trace_to_file` records a
+  loop until it closes
+* ``fileformat.py`` the file itself: strict JSON written whole, and
+  :func:`load_trace`, which reads a loopy trace back or says in one line
+  why it will not (:class:`TraceFileError`)
+* ``environment.py`` ``LOOPY_TRACE=FILE``: every new loop traced, the file
+  written however the program ends
 * ``summary.py``   :func:`summarize`/:func:`format_summary`: the figures of a
   saved trace (utilisation, slowest callbacks, timer lateness...)
 * ``viewer.py``    :func:`write_viewer`: a self-contained HTML timeline of a trace
@@ -26,7 +31,8 @@ costs nothing until attached.
 """
 
 from .describe import LoopSnapshot, describe, snapshot
-from .export import load_trace, to_chrome_trace, trace_to_file, tracing, write_trace
+from .export import chrome_events, load_trace, to_chrome_trace, trace_to_file, tracing, write_trace
+from .fileformat import READABLE_TRACE_FORMATS, TRACE_FORMAT, TraceFileError
 from .recorder import DEFAULT_MAX_EVENTS, TraceEvent, TraceRecorder
 from .stalls import Load, LoadMonitor, Stall, StallDetector
 from .summary import Percentiles, SlowStep, Summary, format_summary, summarize
@@ -34,6 +40,8 @@ from .viewer import render_viewer, write_viewer
 
 __all__ = [
     "DEFAULT_MAX_EVENTS",
+    "READABLE_TRACE_FORMATS",
+    "TRACE_FORMAT",
     "Load",
     "LoadMonitor",
     "LoopSnapshot",
@@ -43,7 +51,9 @@ __all__ = [
     "StallDetector",
     "Summary",
     "TraceEvent",
+    "TraceFileError",
     "TraceRecorder",
+    "chrome_events",
     "describe",
     "format_summary",
     "load_trace",

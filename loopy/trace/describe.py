@@ -37,6 +37,7 @@ __all__ = [
     "handle_label",
     "is_task",
     "snapshot",
+    "task_coroutine",
     "task_label",
 ]
 
@@ -55,11 +56,47 @@ def is_task(obj: object) -> bool:
     return callable(getattr(obj, "get_coro", None)) and callable(getattr(obj, "get_name", None))
 
 
+def task_coroutine(task: Any) -> Any:
+    """The coroutine ``task`` drives, or None when the task no longer holds it.
+
+    Everything in ``loopy.trace`` asks through here, never ``task.get_coro()``
+    directly, for one reason: a C Task that finished during its eager first
+    step (``eager_start=True``, ``asyncio.eager_task_factory``; Python 3.12+)
+    has already let go of its coroutine, and on CPython 3.12.0 and 3.12.1
+    ``get_coro()`` then dereferences a NULL pointer and the interpreter dies
+    with SIGSEGV.  A pending task still holds its coroutine, so asking it is
+    safe; a done one is read through its ``_coro`` attribute, which every
+    Task loopy meets has (asyncio's C and Python Tasks, loopy's) and which
+    reads None for a released coroutine instead of crashing.
+    """
+    if not task.done():
+        return task.get_coro()
+    return getattr(task, "_coro", None)
+
+
+def coroutine_name(coro: Any) -> str | None:
+    """The name of a coroutine (or generator-based one); None for None."""
+    if coro is None:
+        return None
+    return str(getattr(coro, "__name__", None) or type(coro).__name__)
+
+
 def task_label(task: Any) -> str:
-    """``Task main (coro: main)``: the task's name and its coroutine's."""
-    coro = task.get_coro()
-    coro_name = getattr(coro, "__name__", None) or type(coro).__name__
-    return f"Task {task.get_name()} (coro: {coro_name})"
+    """``Task main (coro: main)``: the task's name and its coroutine's.
+
+    Just ``Task main`` when the coroutine is gone (see :func:`task_coroutine`).
+    """
+    name = coroutine_name(task_coroutine(task))
+    if name is None:
+        return f"Task {task.get_name()}"
+    return f"Task {task.get_name()} (coro: {name})"
+
+
+# The names of the methods a task schedules to run itself: its step and the
+# wake-up it leaves on the future it awaits.  asyncio's C Task: a
+# TaskStepMethWrapper (no name) and ``task_wakeup``; its pure-Python Task:
+# ``__step`` and ``__wakeup``; loopy's: ``_step`` and ``_wakeup``.
+_STEP_NAMES = frozenset({"task_wakeup", "__step", "__wakeup", "_step", "_wakeup"})
 
 
 def callback_task(callback: object) -> Any:
@@ -67,10 +104,18 @@ def callback_task(callback: object) -> Any:
 
     A task step is a method bound to its task (``Task._step``, or asyncio's C
     ``TaskStepMethWrapper``), and so is the wake-up a task leaves on the
-    future it awaits: both have the task as ``__self__``.
+    future it awaits: both have the task as ``__self__``.  Other methods of
+    a task (``loop.call_later(5, task.cancel)``) are plain callbacks: they
+    do not run the task's coroutine.
     """
     owner = getattr(callback, "__self__", None)
-    return owner if is_task(owner) else None
+    if not is_task(owner):
+        return None
+    if type(callback).__name__ == "TaskStepMethWrapper" or (
+        getattr(callback, "__name__", None) in _STEP_NAMES
+    ):
+        return owner
+    return None
 
 
 def handle_label(handle: Any) -> str:
@@ -116,7 +161,7 @@ def coroutine_stack(coro: Any) -> list[Location]:
 
 def task_stack(task: Any) -> list[Location]:
     """Where ``task`` is: its await chain, or for a finished task its traceback."""
-    stack = coroutine_stack(task.get_coro())
+    stack = coroutine_stack(task_coroutine(task))
     if stack:
         return stack
     return [

@@ -17,7 +17,16 @@ Memory: events go into a ring buffer (``collections.deque(maxlen=...)``).
 When it is full the oldest event falls out and ``dropped`` counts it; a
 long run keeps its most recent ``max_events`` events, never more.  An event
 costs about 200 bytes, so the default of 200,000 stays around 40 MB; pass
-a smaller ``max_events`` to keep less.
+a smaller ``max_events`` to keep less.  The exporter reports what was
+dropped and computes every figure over what was kept.
+
+Tasks: a task enters the trace once, with a ``task-created`` event: at
+``create_task`` if it was made there (any task factory, eager or not), with
+its parent; otherwise at the first step or wake-up the loop runs for it
+("first sight": built directly, or before the recorder was attached).  A
+task that finishes inside an eager first step it ran outside the loop is
+never seen at all.  Tasks are never asked for their coroutine directly:
+see ``describe.task_coroutine``.
 
 Spans (iterations, waits, callbacks) are recorded when they *end*, with
 their start and duration, so they sit in the buffer in order of their end.
@@ -66,7 +75,13 @@ class TraceEvent(NamedTuple):
     * ``counters``: queue sizes as an iteration starts; args ``ready``, ``fds``
     * ``timer-fired``: a due timer moved to the ready queue; args ``lateness`` (s)
     * ``timer-scheduled``: ``call_later``/``call_at``; args ``delay`` (s)
-    * ``task-created``: ``create_task``; args ``task``, ``parent``
+    * ``task-created``: a task enters the trace; args ``task``, ``parent``
+      and ``first_sight``.  False: ``create_task`` made it, now, and
+      ``parent`` is the task that called it (or None).  True: the loop is
+      about to run a step or wake-up of a task the recorder had never seen
+      (one built directly with ``asyncio.Task(...)``, or created before the
+      recorder was attached): its creation time is unknown, so this is the
+      time of first sight, and ``parent`` is None (unknown).
     * ``task-finished``: a task is done; args ``task``, ``outcome``, ``exception``
     * ``signal``: a handled signal arrived; args ``signum``
     * ``exception``: the loop reported an error; args ``exception``
@@ -130,9 +145,14 @@ class TraceRecorder(Instrument):
         self.end_time: float | None = 0.0
         self.pid = os.getpid()
         self.task_mode: str | None = None
-        # Tasks get small numbers in order of first sight; weak keys, so a
-        # finished task is not kept alive by the trace.
+        # Tasks get small numbers in order of first mention; weak keys, so a
+        # finished task is not kept alive by the trace.  Invariant: a task is
+        # in _task_numbers exactly when a task-created event was recorded for
+        # it (by create_task or at first sight); a task mentioned before that
+        # (the parent of a task created during the parent's eager first step)
+        # waits in _unannounced with its number.
         self._task_numbers: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._unannounced: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self._next_task_number = 1
         # Tasks whose finish a step already recorded (see task_finished).
         self._finished: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -214,11 +234,28 @@ class TraceRecorder(Instrument):
         self._reset_open_spans()
 
     def task_number(self, task: Any) -> int:
-        """The small number this trace gives ``task`` (assigned on first sight)."""
+        """The small number this trace gives ``task`` (assigned at its first mention)."""
         number = self._task_numbers.get(task)
         if number is None:
-            number = self._task_numbers[task] = self._next_task_number
+            number = self._unannounced.get(task)
+            if number is None:
+                number = self._unannounced[task] = self._next_task_number
+                self._next_task_number += 1
+        return number
+
+    def _announce(self, task: Any, parent: Any, *, first_sight: bool) -> int:
+        """Record the task-created event of ``task``; its number."""
+        number = self._unannounced.pop(task, None)
+        if number is None:
+            number = self._next_task_number
             self._next_task_number += 1
+        self._task_numbers[task] = number
+        args = {
+            "task": number,
+            "parent": self.task_number(parent) if is_task(parent) else None,
+            "first_sight": first_sight,
+        }
+        self._add("task-created", self.now(), None, task_label(task), args)
         return number
 
     # ------------------------------------------------------------------
@@ -274,19 +311,27 @@ class TraceRecorder(Instrument):
         # reader callback), which drops the handle's reference to it.
         callback = handle._callback
         task = callback_task(callback)
-        kind, args = self._classify(handle, task)
-        name = task_label(task) if task is not None else callback_name(callback)
+        if task is None:
+            kind, args = self._classify(handle)
+            name = callback_name(callback)
+        else:
+            # First sight: a task no create_task reported (built directly, as
+            # aiohttp does, or made before we were attached) enters the trace
+            # at its first step or wake-up.
+            number = self._task_numbers.get(task)
+            if number is None:
+                number = self._announce(task, None, first_sight=True)
+            kind, args = "task-step", {"task": number}
+            name = task_label(task)
         self._step = (handle, self.now(), kind, name, args, task)
 
-    def _classify(self, handle: Any, task: Any) -> tuple[str, dict[str, Any]]:
-        """The kind of callback (see STEP_KINDS) and what it is about."""
+    def _classify(self, handle: Any) -> tuple[str, dict[str, Any]]:
+        """The kind of a callback that is no task's step (see STEP_KINDS), and its fd."""
         if isinstance(handle, asyncio.TimerHandle):
             return "timer", {}
         fd = self._io_handles.get(id(handle))
         if fd is not None:
             return "io", {"fd": fd}
-        if task is not None:
-            return "task-step", {"task": self.task_number(task)}
         return "callback", {}
 
     def callback_finished(self, loop: Any, handle: Any) -> None:
@@ -298,8 +343,10 @@ class TraceRecorder(Instrument):
         _, start, kind, name, args, task = step
         self._add(kind, start, self.now() - start, name, args)
         self._iteration_callbacks += 1
-        if kind == "task-step" and task.done():
-            self._record_finish(task)  # now, rather than an iteration later
+        if task is not None and task.done():
+            # Now, rather than an iteration later; and for a task built
+            # directly, the only time: no done callback reports it.
+            self._record_finish(task)
 
     def iteration_finished(self, loop: Any) -> None:
         """Record the iteration's span, with its wait time and its callback count."""
@@ -330,12 +377,14 @@ class TraceRecorder(Instrument):
         self._add("timer-scheduled", self.now(), None, handle_label(handle), {"delay": delay})
 
     def task_created(self, loop: Any, task: Any, parent: Any) -> None:
-        """Record a new task and the task that created it."""
-        args = {
-            "task": self.task_number(task),
-            "parent": self.task_number(parent) if is_task(parent) else None,
-        }
-        self._add("task-created", self.now(), None, task_label(task), args)
+        """Record a new task and the task that created it.
+
+        With an eager task factory the task has already run its first step,
+        and may even be done: its label then comes without reading its
+        coroutine (see ``describe.task_coroutine``).
+        """
+        if task not in self._task_numbers:
+            self._announce(task, parent, first_sight=False)
 
     def task_finished(self, loop: Any, task: Any) -> None:
         """Record how a task ended, unless its last step did already."""

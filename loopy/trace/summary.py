@@ -2,7 +2,7 @@
 
 :func:`summarize` reads an exported trace (the dict :func:`~loopy.trace.load_trace`
 returns), not a live recorder, so ``loopy trace summary FILE`` works on any
-trace saved earlier, and the viewer shows the very same figures.
+loopy trace saved earlier, and the viewer shows the very same figures.
 :func:`format_summary` prints them as a small text table.
 
 Definitions:
@@ -15,19 +15,28 @@ Definitions:
   is saturated, and anything new will queue.
 * **timer lateness**: how long after its deadline each timer was moved to
   the ready queue (percentiles by nearest rank).
+* **the recorded window**: when the ring buffer dropped events, the trace
+  keeps only its last stretch (from the earliest event kept to the end).
+  Every figure but ``duration`` is over that window: iterations per second
+  divide by its length, not by the whole run's.
+* **tasks**: every task in the trace entered it one way (``create_task``,
+  first seen at a step, or created before the recorded window) and is
+  either finished or unfinished, so ``tasks_seen`` is always
+  ``tasks_finished + tasks_unfinished``.
 """
 
 from __future__ import annotations
 
 import datetime
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from .recorder import STEP_KINDS
 
-__all__ = ["Percentiles", "SlowStep", "Summary", "format_summary", "summarize"]
+__all__ = ["Percentiles", "SlowStep", "Summary", "format_summary", "printable", "summarize"]
 
 #: The categories of callback events in a loopy trace: the recorder's kinds.
 STEP_CATEGORIES = STEP_KINDS
@@ -59,7 +68,12 @@ class Percentiles:
 
 @dataclass(frozen=True)
 class Summary:
-    """The figures of one trace; times in seconds."""
+    """The figures of one trace; times in seconds.
+
+    When the ring buffer dropped events, everything but ``duration`` is over
+    the recorded window, the last ``recorded`` seconds: the first
+    ``recorded_from`` seconds of the trace are not in the file.
+    """
 
     duration: float
     iterations: int
@@ -73,30 +87,51 @@ class Summary:
     slowest: tuple[SlowStep, ...]
     timer_lateness: Percentiles
     busiest_fds: tuple[tuple[int, int], ...]  # (fd, times it was ready), busiest first
-    tasks_created: int
+    tasks_created: int  # by create_task, within the recorded window (parent known)
     tasks_finished: int
     tasks_cancelled: int
     tasks_failed: int
     dropped_events: int
     start_wall_time: float | None = None
+    tasks_first_seen: int = 0  # built directly or before the trace: seen at a first step
+    tasks_unrecorded: int = 0  # created before the recorded window (their creation dropped)
+    tasks_unfinished: int = 0
+    recorded_from: float = 0.0
+
+    @property
+    def recorded(self) -> float:
+        """Seconds of the trace whose events are all in the file."""
+        return max(0.0, self.duration - self.recorded_from)
+
+    @property
+    def tasks_seen(self) -> int:
+        """Every task in the trace; always ``tasks_finished + tasks_unfinished``."""
+        return self.tasks_created + self.tasks_first_seen + self.tasks_unrecorded
 
 
 def summarize(trace: dict[str, Any]) -> Summary:
-    """The figures of an exported trace (see the module docstring for definitions)."""
+    """The figures of a trace (see the module docstring for definitions).
+
+    ``trace`` is a loopy trace as :func:`~loopy.trace.load_trace` returns it
+    (checked) or :func:`~loopy.trace.to_chrome_trace` makes it.
+    """
     events = trace.get("traceEvents", [])
     other = trace.get("otherData", {})
     duration = _duration(events, other)
+    dropped = int(other.get("dropped_events", 0))
+    recorded_from = _recorded_from(events, duration) if dropped else 0.0
+    recorded = max(0.0, duration - recorded_from)
     iterations = [e for e in events if e.get("ph") == "X" and e.get("cat") == "iteration"]
     steps = [e for e in events if e.get("ph") == "X" and e.get("cat") in STEP_CATEGORIES]
-    loop_time, wait_time = _loop_and_wait(events, iterations, duration)
+    loop_time = _seconds(sum(e["dur"] for e in iterations))
+    wait_time = sum(e["args"]["wait"] for e in iterations) / 1e3
     busy_time = max(0.0, loop_time - wait_time)
-    outcomes = Counter(
-        e.get("args", {}).get("outcome") for e in events if _is_task(e) and e["ph"] == "e"
-    )
+    origins = Counter(e["args"].get("origin") for e in events if _is_task(e) and e["ph"] == "b")
+    outcomes = Counter(e["args"].get("outcome") for e in events if _is_task(e) and e["ph"] == "e")
     return Summary(
         duration=duration,
         iterations=len(iterations),
-        iterations_per_second=len(iterations) / duration if duration > 0 else 0.0,
+        iterations_per_second=len(iterations) / recorded if recorded > 0 else 0.0,
         loop_time=loop_time,
         wait_time=wait_time,
         busy_time=busy_time,
@@ -106,14 +141,16 @@ def summarize(trace: dict[str, Any]) -> Summary:
         slowest=_slowest(steps),
         timer_lateness=_lateness(events),
         busiest_fds=_busiest_fds(events),
-        tasks_created=sum(
-            1 for e in events if _is_task(e) and e["ph"] == "b" and e.get("args", {}).get("created")
-        ),
+        tasks_created=origins["create_task"],
+        tasks_first_seen=origins["first_sight"],
+        tasks_unrecorded=sum(origins.values()) - origins["create_task"] - origins["first_sight"],
         tasks_finished=sum(n for outcome, n in outcomes.items() if outcome != "unfinished"),
+        tasks_unfinished=outcomes["unfinished"],
         tasks_cancelled=outcomes["cancelled"],
         tasks_failed=outcomes["exception"],
-        dropped_events=int(other.get("dropped_events", 0)),
+        dropped_events=dropped,
         start_wall_time=other.get("start_wall_time"),
+        recorded_from=recorded_from,
     )
 
 
@@ -133,16 +170,15 @@ def _duration(events: list[dict[str, Any]], other: dict[str, Any]) -> float:
     return _seconds(max(ends)) if ends else 0.0
 
 
-def _loop_and_wait(
-    events: list[dict[str, Any]], iterations: list[dict[str, Any]], duration: float
-) -> tuple[float, float]:
-    """(loop time, waiting time).  Without iterations, the whole trace counts as loop time."""
-    if iterations:
-        loop_time = _seconds(sum(e["dur"] for e in iterations))
-        wait_ms = sum(e.get("args", {}).get("wait", 0.0) for e in iterations)
-        return loop_time, wait_ms / 1e3
-    waits = [e for e in events if e.get("ph") == "X" and e.get("cat") == "wait"]
-    return duration, _seconds(sum(e["dur"] for e in waits))
+def _recorded_from(events: list[dict[str, Any]], duration: float) -> float:
+    """Where the recorded window begins: the earliest event the buffer kept.
+
+    Everything before it fell out of the ring buffer.  (An iteration kept
+    whole may begin a little before the first events inside it that were
+    kept; its own figures are complete, so the window starts with it.)
+    """
+    starts = [e["ts"] for e in events if e.get("ph") != "M"]
+    return min(_seconds(min(starts)), duration) if starts else duration
 
 
 def _slowest(steps: list[dict[str, Any]]) -> tuple[SlowStep, ...]:
@@ -193,26 +229,85 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f} ms"
 
 
+def _span(seconds: float) -> str:
+    """A stretch of time as a person says it: ``2.3 s``, ``450.0 ms``."""
+    return f"{seconds:.1f} s" if seconds >= 1 else f"{seconds * 1e3:.1f} ms"
+
+
+# What a terminal would act on rather than show: C0 and C1 controls (ESC
+# starts the sequences that recolour, move the cursor or retitle the
+# window), DEL, the bidirectional overrides that reorder what follows, and
+# the Unicode line and paragraph separators; and unpaired surrogates, which
+# cannot be written to a UTF-8 terminal at all.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would interpret written as an escape (``\\x1b``).
+
+    Names in a trace come from the traced program (task names, reprs of
+    callbacks): a summary printed to a terminal must not let them drive it.
+    """
+    return _UNPRINTABLE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def dropped_note(summary: Summary) -> str:
+    """``first 2.3 s not recorded: 608,294 events dropped``, or "" when none were."""
+    if not summary.dropped_events:
+        return ""
+    return (
+        f"first {_span(summary.recorded_from)} not recorded: "
+        f"{summary.dropped_events:,} events dropped"
+    )
+
+
+def tasks_line(summary: Summary) -> str:
+    """How many tasks the trace saw, how each entered it, and how many finished."""
+    s = summary
+    origins = [f"created {s.tasks_created}"]
+    if s.tasks_first_seen:
+        origins.append(f"first seen running {s.tasks_first_seen}")
+    if s.tasks_unrecorded:
+        origins.append(f"created before the recorded window {s.tasks_unrecorded}")
+    return (
+        f"{s.tasks_seen} seen: {', '.join(origins)}; finished {s.tasks_finished} "
+        f"(cancelled {s.tasks_cancelled}, failed {s.tasks_failed}), "
+        f"unfinished {s.tasks_unfinished}"
+    )
+
+
 def format_summary(summary: Summary) -> str:
-    """The summary as a text table, for a terminal."""
+    """The summary as a text table, for a terminal (names with control characters escaped)."""
     s = summary
     lines = ["loopy trace summary", ""]
-    rows = [
-        ("duration", _ms(s.duration)),
+    rows = [("duration", _ms(s.duration))]
+    if s.dropped_events:
+        rows.append(("recorded", f"the last {_ms(s.recorded)}; {dropped_note(s)}"))
+    per_second = f"{s.iterations_per_second:.1f} per second"
+    if s.dropped_events:
+        per_second += " recorded"
+    rows += [
         ("started (wall clock)", _wall(s.start_wall_time)),
-        ("iterations", f"{s.iterations}  ({s.iterations_per_second:.1f} per second)"),
+        ("iterations", f"{s.iterations}  ({per_second})"),
         ("loop time", f"{_ms(s.loop_time)} = busy {_ms(s.busy_time)} + waiting {_ms(s.wait_time)}"),
         ("utilisation", f"{s.utilisation * 100:.1f} %  (busy share of loop time)"),
         ("callbacks run", f"{s.callbacks}  {_by_kind(s.callbacks_by_kind)}".rstrip()),
-        (
-            "tasks",
-            f"created {s.tasks_created}, finished {s.tasks_finished} "
-            f"(cancelled {s.tasks_cancelled}, failed {s.tasks_failed})",
-        ),
-        ("dropped events", str(s.dropped_events)),
+        ("tasks", tasks_line(s)),
+        ("dropped events", f"{s.dropped_events:,}"),
     ]
     width = max(len(label) for label, _ in rows)
     lines += [f"  {label:<{width}}  {value}" for label, value in rows]
+    if s.tasks_first_seen:
+        lines += [
+            "",
+            "  Tasks first seen running were built directly (asyncio.Task(...)) or",
+            "  before the trace began: they count from their first step, parent unknown.",
+        ]
     lines += ["", *_slowest_table(s.slowest), "", *_lateness_lines(s.timer_lateness)]
     lines += ["", *_fd_table(s.busiest_fds)]
     return "\n".join(lines) + "\n"
@@ -236,7 +331,8 @@ def _slowest_table(slowest: tuple[SlowStep, ...]) -> list[str]:
         return [*lines, "  (none)"]
     lines.append(f"  {'took (ms)':>12}  {'at (ms)':>12}  {'kind':<9}  name")
     lines += [
-        f"  {step.duration * 1e3:12.3f}  {step.start * 1e3:12.3f}  {step.kind:<9}  {step.name}"
+        f"  {step.duration * 1e3:12.3f}  {step.start * 1e3:12.3f}  {step.kind:<9}  "
+        f"{printable(step.name)}"
         for step in slowest
     ]
     return lines

@@ -31,10 +31,10 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from .export import load_trace
-from .summary import STEP_CATEGORIES, Summary, format_summary, summarize
+from .fileformat import json_safe, load_trace
+from .summary import STEP_CATEGORIES, Summary, dropped_note, format_summary, summarize
 
-__all__ = ["render_viewer", "write_viewer"]
+__all__ = ["page_path", "render_viewer", "write_viewer"]
 
 
 def write_viewer(
@@ -43,27 +43,40 @@ def write_viewer(
     """Write the viewer page for the trace at ``trace_path``; return the page's path.
 
     By default the page goes next to the trace, with ``.html`` for its
-    suffix: ``trace.json`` gives ``trace.html``.
+    suffix: ``trace.json`` gives ``trace.html``.  Reading errors are those of
+    :func:`~loopy.trace.load_trace`; a page that cannot be written raises
+    :class:`OSError`.
     """
-    trace_path = Path(trace_path)
-    target = Path(html_path) if html_path is not None else trace_path.with_suffix(".html")
-    if target == trace_path:
-        raise ValueError(f"the viewer would overwrite the trace itself: {trace_path}")
-    page = render_viewer(load_trace(trace_path), title=trace_path.name)
+    target = page_path(trace_path, html_path)
+    page = render_viewer(load_trace(trace_path), title=Path(trace_path).name)
     target.write_text(page, encoding="utf-8")
     return target
 
 
+def page_path(
+    trace_path: str | PathLike[str], html_path: str | PathLike[str] | None = None
+) -> Path:
+    """Where :func:`write_viewer` writes the page; ValueError if that is the trace itself."""
+    trace_path = Path(trace_path)
+    target = Path(html_path) if html_path is not None else trace_path.with_suffix(".html")
+    if target == trace_path:
+        raise ValueError(f"the viewer would overwrite the trace itself: {trace_path}")
+    return target
+
+
 def render_viewer(trace: dict[str, Any], *, title: str = "trace") -> str:
-    """The viewer page for ``trace`` (a Trace Event Format dict), as a string."""
+    """The viewer page for ``trace`` (a loopy trace dict), as a string."""
     summary = summarize(trace)
     parts = {
         "TITLE": html.escape(title),
         "HEADLINE": html.escape(_headline(trace, summary)),
+        "DROPPED": _dropped(summary),
         "CARDS": _cards(summary),
         "TABLES": _tables(summary),
         "TEXT_SUMMARY": html.escape(format_summary(summary)),
         "ITERATIONS": str(summary.iterations),
+        "RECORDED_FROM": repr(round(summary.recorded_from * 1e6, 3)),
+        "DROPPED_EVENTS": str(summary.dropped_events),
         "STYLE": _STYLE,
         "SCRIPT": _SCRIPT,
         "DATA": script_json(trace),
@@ -73,13 +86,18 @@ def render_viewer(trace: dict[str, Any], *, title: str = "trace") -> str:
 
 
 def script_json(value: Any) -> str:
-    """JSON safe inside a ``<script>`` element.
+    """Strict JSON, safe inside a ``<script>`` element.
 
-    ``</script>`` (or ``<!--``) inside a string would end or confuse the
-    element; ``\\u003c`` is the same character to ``JSON.parse`` and
-    nothing to the HTML parser.
+    Strict: no NaN or Infinity, which ``JSON.parse`` refuses (see
+    ``fileformat.json_safe`` for what they become).  Safe: ``</script>``
+    (or ``<!--``) inside a string would end or confuse the element;
+    ``\\u003c`` is the same character to ``JSON.parse`` and nothing to the
+    HTML parser.
     """
-    text = json.dumps(value, separators=(",", ":"))
+    try:
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        text = json.dumps(json_safe(value), separators=(",", ":"), allow_nan=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
@@ -102,19 +120,36 @@ def _headline(trace: dict[str, Any], summary: Summary) -> str:
     )
 
 
+def _dropped(summary: Summary) -> str:
+    """The warning above the figures when the ring buffer dropped events."""
+    if not summary.dropped_events:
+        return ""
+    note = dropped_note(summary)
+    return (
+        f'<p class="dropped" id="dropped-note"><b>{html.escape(note)}</b>: the ring buffer '
+        f"kept the last {_ms(summary.recorded)}; every figure below is over that window.</p>"
+    )
+
+
 def _cards(s: Summary) -> str:
     slowest = s.slowest[0] if s.slowest else None
     lateness = s.timer_lateness
     by_kind = ", ".join(
         f"{k} {s.callbacks_by_kind[k]}" for k in STEP_CATEGORIES if k in s.callbacks_by_kind
     )
+    seen = [f"created {s.tasks_created}"]
+    if s.tasks_first_seen:
+        seen.append(f"first seen running {s.tasks_first_seen}")
+    if s.tasks_unrecorded:
+        seen.append(f"created earlier {s.tasks_unrecorded}")
+    per_second = f"{s.iterations_per_second:.1f} per second"
     cards = [
         (
             "Loop utilisation",
             f"{s.utilisation * 100:.1f} %",
             f"busy {_ms(s.busy_time)} of {_ms(s.loop_time)}",
         ),
-        ("Iterations", str(s.iterations), f"{s.iterations_per_second:.1f} per second"),
+        ("Iterations", str(s.iterations), per_second + (" recorded" if s.dropped_events else "")),
         ("Waiting in select()", _ms(s.wait_time), f"busy {_ms(s.busy_time)}"),
         ("Callbacks run", str(s.callbacks), by_kind or "none"),
         (
@@ -129,12 +164,16 @@ def _cards(s: Summary) -> str:
             f" · max {lateness.max * 1e3:.3f} ms",
         ),
         (
-            "Tasks created",
-            str(s.tasks_created),
-            f"finished {s.tasks_finished} · cancelled {s.tasks_cancelled}"
-            f" · failed {s.tasks_failed}",
+            "Tasks seen",
+            str(s.tasks_seen),
+            f"{', '.join(seen)} · finished {s.tasks_finished} (cancelled {s.tasks_cancelled},"
+            f" failed {s.tasks_failed}) · unfinished {s.tasks_unfinished}",
         ),
-        ("Dropped events", str(s.dropped_events), "oldest events beyond the buffer"),
+        (
+            "Dropped events",
+            f"{s.dropped_events:,}",
+            dropped_note(s) or "none: the buffer kept everything",
+        ),
     ]
     return "\n".join(
         f'<div class="card"><div class="label">{html.escape(label)}</div>'
@@ -190,10 +229,12 @@ _PAGE = """<!DOCTYPE html>
 <title>loopy trace: @@TITLE@@</title>
 <style>@@STYLE@@</style>
 </head>
-<body data-drawn-iterations="" data-trace-iterations="@@ITERATIONS@@">
+<body data-drawn-iterations="" data-trace-iterations="@@ITERATIONS@@"
+  data-recorded-from="@@RECORDED_FROM@@" data-dropped-events="@@DROPPED_EVENTS@@">
 <header>
   <h1>loopy trace <span class="file">@@TITLE@@</span></h1>
   <p class="headline">@@HEADLINE@@</p>
+  @@DROPPED@@
 </header>
 <section class="cards" id="figures">
 @@CARDS@@
@@ -273,6 +314,8 @@ td:last-child { word-break: break-all; }
 .text-summary pre, #errors { background: var(--panel); padding: 8px; border-radius: 6px;
   overflow: auto; }
 #errors { color: #b00020; border: 1px solid #b00020; }
+.dropped { margin: 0 0 12px; padding: 6px 10px; border-left: 4px solid #8c8c8c;
+  background: #f0f0f0; }
 """
 
 # The drawing script.  Plain ES5-style JavaScript, no libraries: read it
@@ -316,14 +359,28 @@ _SCRIPT = r"""
     var TASK_COLOURS = {
       "result": "#c7eadb", "exception": "#f6c6c6", "cancelled": "#e1e1e1", "unfinished": "#d6e6f5"
     };
+    // A task whose creation the trace did not see starts with this cap.
+    var UNSEEN_START = "#59636e", NOT_RECORDED = "#ececec";
     var LEGEND = [
       ["iteration: busy", BUSY], ["iteration: waiting", ITER_WAIT], ["waiting in select()", WAIT],
       ["callback", KIND_COLOURS["callback"]], ["task step", KIND_COLOURS["task-step"]],
       ["I/O callback", KIND_COLOURS["io"]], ["timer callback", KIND_COLOURS["timer"]],
       ["timer fired (mark)", MARK_COLOURS["timer"]], ["fd ready (mark)", MARK_COLOURS["io"]],
       ["task alive", TASK_COLOURS["result"]], ["task failed", TASK_COLOURS["exception"]],
-      ["task cancelled", TASK_COLOURS["cancelled"]], ["task unfinished", TASK_COLOURS["unfinished"]]
+      ["task cancelled", TASK_COLOURS["cancelled"]],
+      ["task unfinished", TASK_COLOURS["unfinished"]],
+      ["task first seen running (* after its name): creation not seen", UNSEEN_START],
+      ["not recorded (events dropped)", NOT_RECORDED]
     ];
+    // Where the recorded window begins, in microseconds (0 unless the ring
+    // buffer dropped events), and how many it dropped: figures from Python.
+    var RECORDED_FROM = Number(document.body.getAttribute("data-recorded-from")) || 0;
+    var DROPPED_EVENTS = Number(document.body.getAttribute("data-dropped-events")) || 0;
+    var ORIGINS = {
+      "create_task": "created by create_task",
+      "first_sight": "first seen at a step: built directly or before the trace; parent unknown",
+      "unrecorded": "created before the recorded window (its creation was dropped)"
+    };
 
     var GUTTER = 200, RIGHT = 12, AXIS = 26, TASK_ROW = 18, MAX_TASK_ROWS = 40;
     var LANES = [
@@ -373,7 +430,12 @@ _SCRIPT = r"""
           model.ready.push(item);
         } else if (e.cat === "task" && (e.ph === "b" || e.ph === "e")) {
           var task = tasks[e.id] || (tasks[e.id] = { name: item.name, s: 0, e: null, steps: [] });
-          if (e.ph === "b") { task.s = ts; task.args = args; }
+          if (e.ph === "b") {
+            task.s = ts;
+            task.args = args;
+            task.origin = String(args.origin || "create_task");
+            if (task.origin !== "create_task") { task.name += " *"; }
+          }
           else { task.e = ts; task.outcome = args.outcome || "result"; task.endArgs = args; }
         }
       });
@@ -664,7 +726,20 @@ _SCRIPT = r"""
         eachVisible(task.steps, function (step, x, w) {
           box(x, w, y, h, KIND_COLOURS["task-step"]);
         });
+        if (task.origin !== "create_task") { box(xOf(task.s), 3, y, h, UNSEEN_START); }
       });
+    }
+
+    function drawNotRecorded() {
+      // The stretch at the start whose events fell out of the ring buffer:
+      // shaded and labelled, rather than left blank as if the loop had idled.
+      if (!DROPPED_EVENTS || RECORDED_FROM <= view.t0) { return false; }
+      var x = xOf(Math.max(view.t0, 0)), w = xOf(RECORDED_FROM) - x;
+      box(x, w, AXIS, height - AXIS, NOT_RECORDED);
+      ctx.font = "12px system-ui, sans-serif";
+      label("not recorded: " + DROPPED_EVENTS.toLocaleString("en-US") + " events dropped",
+            x, w, AXIS, LANES[0].h, "#59636e", false);
+      return true;
     }
 
     function drawHover() {
@@ -679,6 +754,7 @@ _SCRIPT = r"""
       ctx.clearRect(0, 0, width, height);
       ctx.fillStyle = "#ffffff";
       ctx.fillRect(0, 0, width, height);
+      var notRecorded = drawNotRecorded();
       drawAxis();
       var drawn = drawIterations();
       drawLoop();
@@ -692,6 +768,7 @@ _SCRIPT = r"""
         " (" + formatTime(view.t1 - view.t0) + " shown)";
       document.getElementById("drawn-iterations").textContent = String(drawn);
       document.body.setAttribute("data-drawn-iterations", String(drawn));
+      document.body.setAttribute("data-not-recorded-drawn", notRecorded ? "yes" : "no");
     }
 
     // ------------------------------------------------------------------
@@ -769,6 +846,7 @@ _SCRIPT = r"""
         lines.push(item.args.callbacks + " callbacks");
       } else if (hit.lane === "task") {
         lines.push(item.name);
+        lines.push(ORIGINS[item.origin] || String(item.origin));
         lines.push("outcome: " + item.outcome + (item.endArgs && item.endArgs.exception ?
                    " " + item.endArgs.exception : ""));
         lines.push(item.steps.length + " steps in the trace");

@@ -168,6 +168,7 @@ class Loop(
         self._cancelled_timers = 0  # of those, how many are cancelled
 
         self._stopping = False  # stop() was called; leave after this iteration
+        self._iterations = 0  # _run_once calls so far; only grows (monitor/ reads it)
         self._closed = False
         self._thread_id: int | None = None  # the running thread, None when not running
         # Debug mode starts on under `python -X dev` or PYTHONASYNCIODEBUG=1, as asyncio's.
@@ -225,6 +226,7 @@ class Loop(
         # costs one check per step below; with some, each hook that no
         # instrument defines costs one more (an empty tuple).
         hooks = self._hooks
+        self._iterations += 1  # read by the monitor (monitor/), from its own thread
         if hooks is not None and hooks.iteration_started:
             hooks.call("iteration_started", self)
 
@@ -1010,6 +1012,7 @@ def new_event_loop(*, tasks: str | None = None) -> Loop:
 
     With ``LOOPY_TRACE=FILE`` in the environment, the loop is traced from
     birth and the trace written to FILE when it closes (see ``trace/``).
+    With ``LOOPY_MONITOR=1``, ``loopy top`` can watch it (see ``monitor/``).
     """
     loop = Loop(tasks=tasks)
     trace_path = os.environ.get(TRACE_ENV)
@@ -1017,4 +1020,8 @@ def new_event_loop(*, tasks: str | None = None) -> Loop:
         from .trace import trace_to_file  # noqa: PLC0415 - imported only when asked for
 
         trace_to_file(loop, trace_path)
+    if os.environ.get("LOOPY_MONITOR"):  # monitor/: LOOPY_MONITOR=1 makes it watchable
+        from .monitor import watch_if_requested  # noqa: PLC0415 - imported only when asked for
+
+        watch_if_requested(loop)
     return loop

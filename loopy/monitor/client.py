@@ -62,7 +62,7 @@ class Connection:
             raise Unwatchable(f"no process {pid}")
         try:
             directory = paths.private_dir(create=False)
-        except paths.MonitorDirError as exc:
+        except (OSError, paths.MonitorDirError) as exc:
             raise Unwatchable(f"cannot watch process {pid}: {exc}") from None
         if directory is None:
             raise not_watchable(pid)
@@ -86,10 +86,11 @@ class Connection:
         self.sock.close()
 
     def send(self, request: dict[str, Any]) -> None:
+        """Send ``request``; if the target already hung up, what it said first is still read."""
         try:
             self.sock.sendall(json.dumps(request).encode() + b"\n")
         except OSError:
-            raise Gone from None
+            pass  # receive() reads the answer it may have left (a refusal), then says Gone
 
     def receive(self, timeout: float) -> dict[str, Any] | None:
         """The next answer, or None if none came within ``timeout`` (ask nothing new meanwhile)."""
@@ -128,7 +129,7 @@ def ps(out: TextIO) -> int:
     """List this user's watchable processes: PID, uptime, loops, utilisation, command line."""
     try:
         directory = paths.private_dir(create=False)
-    except paths.MonitorDirError as exc:
+    except (OSError, paths.MonitorDirError) as exc:
         print(f"loopy: {exc}", file=sys.stderr)
         return 1
     rows = []
@@ -190,20 +191,37 @@ def top(pid: int, *, once: bool, loop: int | None, out: TextIO) -> int:
             if answer is None:
                 print(f"loopy: process {pid} {_silent(ANSWER_TIMEOUT)}", file=sys.stderr)
                 return 1
+            if "error" in answer and "loops" not in answer:  # refused: "too many clients"
+                print(f"loopy: process {pid}: {answer['error']}", file=sys.stderr)
+                return 1
             if "error" in answer and answer.get("loop") is None:
                 print(f"loopy: process {pid}: {answer['error']}", file=sys.stderr)
                 return 1
             out.write("\n".join(format_frame(answer)) + "\n")
             return 0
-        return _live(connection, request, out)
+        asked = time.monotonic()
+        first = connection.request(request)
+        if first is not None and "pid" not in first:  # refused: "too many clients"
+            print(f"loopy: process {pid}: {first.get('error')}", file=sys.stderr)
+            return 1
+        return _live(connection, request, out, first, asked)
     except Gone:
-        gone = "exited" if not paths.process_exists(pid) else "stopped answering"
-        out.write(f"process {pid} {gone}\n")
+        out.write(f"process {pid} {'exited' if _exits(pid) else 'stopped answering'}\n")
         return 0
     except KeyboardInterrupt:
         return 0
     finally:
         connection.close()
+
+
+def _exits(pid: int) -> bool:
+    """Whether ``pid`` exits within a second (its monitor closes early in its exit)."""
+    deadline = time.monotonic() + 1.0
+    while paths.process_exists(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def _silent(seconds: float) -> str:
@@ -213,14 +231,20 @@ def _silent(seconds: float) -> str:
     )
 
 
-def _live(connection: Connection, request: dict[str, Any], out: TextIO) -> int:
-    """Refresh a frame every second until ``q``, Ctrl-C, or the target goes."""
+def _live(
+    connection: Connection,
+    request: dict[str, Any],
+    out: TextIO,
+    answer: dict[str, Any] | None,
+    asked: float,
+) -> int:
+    """Refresh a frame every second until ``q``, Ctrl-C, or the target goes.
+
+    ``answer`` is the answer to the first request, sent at ``asked``.
+    """
     terminal = out.isatty()
     with _keys() as key_pressed:
         while True:
-            asked = time.monotonic()
-            connection.send(request)
-            answer = connection.receive(ANSWER_TIMEOUT)
             while answer is None:  # the target holds the GIL: say so, keep waiting
                 silent = time.monotonic() - asked
                 lines = [f"loopy top {connection.pid}: {_silent(silent)}; still trying"]
@@ -231,6 +255,9 @@ def _live(connection: Connection, request: dict[str, Any], out: TextIO) -> int:
             _show(out, format_frame(answer), terminal)
             if key_pressed(max(0.0, REFRESH - (time.monotonic() - asked))):
                 return 0
+            asked = time.monotonic()
+            connection.send(request)
+            answer = connection.receive(ANSWER_TIMEOUT)
 
 
 def _show(out: TextIO, lines: list[str], terminal: bool) -> None:
@@ -333,7 +360,10 @@ def _where(chain: list[list[Any]]) -> list[Any] | None:
     for location in reversed(chain):
         if not location[0].startswith(_ASYNCIO_DIR):
             return location
-    return chain[-1] if chain else None
+    if not chain:
+        return None
+    innermost: list[Any] = chain[-1]
+    return innermost
 
 
 def _activity(state: dict[str, Any]) -> str:

@@ -78,7 +78,11 @@ def socket_path(directory: Path, pid: int) -> Path:
 
 
 def process_exists(pid: int) -> bool:
-    """Whether a process ``pid`` exists (of any user)."""
+    """Whether a process ``pid`` exists (of any user) and has not exited.
+
+    An exited process whose parent has not reaped it yet (a zombie) has
+    exited: it will never answer again.
+    """
     if pid <= 0:
         return False
     try:
@@ -86,8 +90,13 @@ def process_exists(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # it exists, it is someone else's
-    return True
+        pass  # it exists, it is someone else's
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            state = file.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):  # pragma: no cover - no /proc, or it just went
+        return True
+    return state != b"Z"
 
 
 def live_pids(directory: Path) -> list[int]:

@@ -21,10 +21,11 @@ target from its clients:
   (of connecting, or of its previous answer) and read each answer within
   :data:`SEND_TIMEOUT`, else it is disconnected.
 
-Forks: the child inherits the parent's memory but not its thread, and must
+Forks: the child inherits the parent's memory but not its threads, and must
 not answer on (or remove) the parent's socket.  ``os.register_at_fork``
-closes the inherited copy in the child and, if the child has loops of its
-own still open, starts the child's own server under the child's PID.
+closes the inherited copy in the child and, if the child still has open
+loops that can run there (idle ones, and those of the thread that forked),
+starts the child's own server for them, under the child's PID.
 """
 
 from __future__ import annotations
@@ -178,20 +179,21 @@ class MonitorServer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop answering and remove the socket (at exit)."""
-        if self.pid != os.getpid():
+        """Stop answering, close everything and remove the socket (at exit)."""
+        if self.pid != os.getpid() or self._thread is None:
             return
         with contextlib.suppress(OSError):
             self._stop_w.send(b"x")
-        if self._thread is not None:
-            self._thread.join(1.0)
+        self._thread.join(1.0)
+        self._thread = None
         if self.path is not None:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
-        self.path = None
+            self.path = None
+        self.abandon()
 
     def abandon(self) -> None:
-        """In a forked child: close the inherited descriptors, leave the parent's socket alone."""
+        """Close the descriptors, not the socket's name (a forked child leaves the parent's)."""
         for sock in (self._listener, self._stop_r, self._stop_w):
             if sock is not None:
                 sock.close()
@@ -465,7 +467,11 @@ def register(loop: Loop) -> None:
     with _server_lock:
         if _server is None:
             server = MonitorServer()
-            server.start()
+            try:
+                server.start()
+            except BaseException:
+                server.abandon()
+                raise
             _server = server
             atexit.register(server.stop)
         _server.add(loop)
@@ -477,7 +483,10 @@ def _after_fork_in_child() -> None:
     server, _server = _server, None
     if server is None:
         return
-    loops = server.open_loops()
+    # Only the forking thread lives on in the child: loops that other
+    # threads were running will never iterate again there.
+    here = threading.get_ident()
+    loops = [loop for loop in server.open_loops() if loop._thread_id in (None, here)]
     server.abandon()
     for loop in loops:
         try:

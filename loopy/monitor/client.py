@@ -357,13 +357,9 @@ def format_frame(answer: dict[str, Any]) -> list[str]:
 
 def _where(chain: list[list[Any]]) -> list[Any] | None:
     """The innermost place in an await chain that is not in asyncio itself (where a user looks)."""
-    for location in reversed(chain):
-        if not location[0].startswith(_ASYNCIO_DIR):
-            return location
-    if not chain:
-        return None
-    innermost: list[Any] = chain[-1]
-    return innermost
+    outside = [location for location in chain if not str(location[0]).startswith(_ASYNCIO_DIR)]
+    picked = (outside or chain)[-1:]
+    return picked[0] if picked else None
 
 
 def _activity(state: dict[str, Any]) -> str:

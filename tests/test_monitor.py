@@ -117,7 +117,10 @@ class Script:
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-        self.proc.communicate(timeout=TIMEOUT)
+        self.proc.wait(TIMEOUT)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
 
 
 @pytest.fixture
@@ -273,13 +276,13 @@ async def main():
     child = os.fork()
     if child == 0:
         async def child_main():
-            print("child", os.getpid(), flush=True)
+            os.write(1, f"child {os.getpid()}\\n".encode())  # one write: no interleaving
             await asyncio.sleep(3600)
         asyncio.set_event_loop_policy(None)
         loopy.install()
         asyncio.run(child_main())
         os._exit(0)
-    print("parent", child, flush=True)
+    os.write(1, f"parent {child}\\n".encode())
     await asyncio.sleep(3600)
 
 loopy.install()
@@ -414,6 +417,10 @@ def test_a_client_of_another_user_is_refused(
         ).stdout
 
     assert attach() == "PermissionError\n"
+    # We attach: the monitor thread runs (for IDLE_EXIT seconds after we leave;
+    # another user could not have started it: kill() of our process fails).
+    frame = run_cli("top", str(target.pid), "--once", env=env)
+    assert frame.returncode == 0
     # Open the way through the file system: the target still says nothing.
     for opened, mode in ((runtime_dir, 0o711), (path.parent, 0o711), (path, 0o666)):
         opened.chmod(mode)
@@ -699,6 +706,7 @@ def raw(request: bytes | None) -> bytes:
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(TIMEOUT)
         sock.connect(str(paths.socket_path(directory, os.getpid())))
+        os.kill(os.getpid(), server.WAKE_SIGNAL)  # as loopy's client does: start the thread
         if request is not None:
             sock.sendall(request)
         received = b""
@@ -744,6 +752,7 @@ def test_silent_clients_time_out_and_at_most_8_are_served(
     for _ in range(server.MAX_CLIENTS):
         sock = socket.socket(socket.AF_UNIX)
         sock.connect(path)
+        os.kill(os.getpid(), server.WAKE_SIGNAL)
         silent.append(sock)
     try:
         # (The ninth is told, and cannot watch.)

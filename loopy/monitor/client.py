@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from . import paths
+from .server import WAKE_SIGNAL
 
 __all__ = ["Connection", "Unwatchable", "format_frame", "ps", "top"]
 
@@ -32,6 +33,9 @@ __all__ = ["Connection", "Unwatchable", "format_frame", "ps", "top"]
 ANSWER_TIMEOUT = 2.0
 #: Seconds between two frames of ``top``.
 REFRESH = 1.0
+#: Until the first answer, the target is sent WAKE_SIGNAL this often: its
+#: thread starts on the signal (see server.py), and one may come too early.
+NUDGE_EVERY = 0.25
 MAX_ANSWER = 16 * 1024 * 1024  # bytes: a bigger answer is not from a loopy monitor
 
 NEEDS_RECORDER = "needs LOOPY_FLIGHT_RECORDER (not built yet)"
@@ -81,6 +85,13 @@ class Connection:
             self.sock.close()
             raise Unwatchable(f"cannot watch process {pid}: {exc}") from None
         self.buffer = b""
+        self.answered = False  # once it has, its thread runs as long as we are connected
+        self.nudge()
+
+    def nudge(self) -> None:
+        """Ask the target to start its monitor thread (harmless if it runs)."""
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, WAKE_SIGNAL)
 
     def close(self) -> None:
         self.sock.close()
@@ -99,11 +110,13 @@ class Connection:
             left = deadline - time.monotonic()
             if left <= 0:
                 return None
-            self.sock.settimeout(left)
+            self.sock.settimeout(left if self.answered else min(left, NUDGE_EVERY))
             try:
                 data = self.sock.recv(65536)
             except TimeoutError:
-                return None
+                if not self.answered:
+                    self.nudge()
+                continue
             except OSError:
                 raise Gone from None
             if not data:
@@ -112,6 +125,7 @@ class Connection:
             if len(self.buffer) > MAX_ANSWER:
                 raise Gone
         line, _, self.buffer = self.buffer.partition(b"\n")
+        self.answered = True
         answer: dict[str, Any] = json.loads(line)
         return answer
 

@@ -1,9 +1,10 @@
 """Watching a running program from outside: ``LOOPY_MONITOR=1``, ``loopy ps``, ``loopy top``.
 
-A watchable process runs a small thread (``server.py``) that listens on a
-private Unix socket (``paths.py``) and, when ``loopy ps`` or ``loopy top``
-(``client.py``) asks, reads its loops' state and its loop threads' frame
-stacks (``probe.py``).  The loop itself does nothing for it but count its
+A watchable process listens on a private Unix socket (``paths.py``).  When
+``loopy ps`` or ``loopy top`` (``client.py``) connects, a thread of the
+target (``server.py``, started by the client's signal, gone when nobody
+watches) reads its loops' state and its loop threads' frame stacks
+(``probe.py``).  The loop itself does nothing for it but count its
 iterations (``Loop._iterations``), so being watchable costs next to nothing
 while nobody watches, and the answer comes even while the loop is stuck in
 a callback.

@@ -359,13 +359,16 @@ def format_frame(answer: dict[str, Any]) -> list[str]:
         lines.append(f"  {_fd_line(fd)}")
     waiting = state.get("waiting", [])
     lines.append("")
-    lines.append(f"tasks ({state['tasks']}), longest waiting first:")
+    lines.append(
+        f"tasks ({state['tasks']}), longest waiting first (waiting: since a client first saw it):"
+    )
     for row in waiting:
         at = _where(row["at"])
         place = f"  at {at[0]}:{at[1]} in {at[2]}" if at else ""
         lines.append(f"  {_seconds(row['waiting']):>8}  {row['task']}{place}")
-    if state["tasks"] > len(waiting):
-        lines.append(f"  ... {state['tasks'] - len(waiting)} more (or running)")
+    running = 1 if state["phase"] == "callback" and state["step"].startswith("Task ") else 0
+    if state["tasks"] > len(waiting) + running:
+        lines.append(f"  ... {state['tasks'] - len(waiting) - running} more")
     return lines
 
 

@@ -779,3 +779,15 @@ def test_a_closed_loop_is_no_longer_listed(
     watched.close()
     out = top_once(capsys)
     assert "loops: none open" in out
+
+
+def test_loopy_run_with_monitor_true_is_watchable_while_it_runs(
+    own_server: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def main() -> str:
+        # From a thread: the loop runs, the main thread is busy in it.
+        return await asyncio.to_thread(top_once, capsys)
+
+    out = loopy.run(main(), monitor=True)
+    assert re.search(r"loop #0: (waiting for I/O or timers|running .*)\n", out)
+    assert "Task Task-1 (coro: main)" in out

@@ -52,6 +52,7 @@ class Gone(Exception):
 
 
 def not_watchable(pid: int) -> Unwatchable:
+    """The error for a process that exists but has no monitor socket."""
     return Unwatchable(
         f"process {pid} is not watchable (not a loopy program, or started without "
         "LOOPY_MONITOR / LOOPY_FLIGHT_RECORDER)"
@@ -94,6 +95,7 @@ class Connection:
             os.kill(self.pid, WAKE_SIGNAL)
 
     def close(self) -> None:
+        """Hang up (the target's thread leaves once no client is left for a while)."""
         self.sock.close()
 
     def send(self, request: dict[str, Any]) -> None:
@@ -130,6 +132,7 @@ class Connection:
         return answer
 
     def request(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        """Send ``request``; its answer, or None if none came within :data:`ANSWER_TIMEOUT`."""
         self.send(request)
         return self.receive(ANSWER_TIMEOUT)
 

@@ -249,6 +249,7 @@ class MonitorServer:
             self._next_index += 1
 
     def open_loops(self) -> list[Loop]:
+        """The watched loops that are not closed."""
         with self._lock:
             loops = [w.loop() for w in self._watched]
         return [loop for loop in loops if loop is not None and not loop.is_closed()]

@@ -790,4 +790,4 @@ def test_loopy_run_with_monitor_true_is_watchable_while_it_runs(
 
     out = loopy.run(main(), monitor=True)
     assert re.search(r"loop #0: (waiting for I/O or timers|running .*)\n", out)
-    assert "Task Task-1 (coro: main)" in out
+    assert re.search(r"Task Task-\d+ \(coro: main\)  at .*test_monitor\.py:\d+ in main", out)

@@ -102,17 +102,29 @@ class Script:
             text=True,
         )
         self.pid = self.proc.pid
+        self.pending = b""
 
-    def wait_for_line(self, expected: str) -> None:
+    def next_line(self) -> str:
+        """The next line of the target's stdout, within ``TIMEOUT``.
+
+        Read from the descriptor, not through a buffered file: ``select()``
+        cannot see lines a file object has already buffered.
+        """
         assert self.proc.stdout is not None
         deadline = time.monotonic() + TIMEOUT
-        while True:
-            ready, _, _ = select.select([self.proc.stdout], [], [], deadline - time.monotonic())
-            assert ready, f"no line {expected!r}"
-            line = self.proc.stdout.readline()
-            assert line, f"exited before {expected!r}: {self.proc.stderr.read()}"  # type: ignore[union-attr]
-            if line.strip() == expected:
-                return
+        while b"\n" not in self.pending:
+            fd = self.proc.stdout.fileno()
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"no line within {TIMEOUT} s"
+            data = os.read(fd, 65536)
+            assert data, "the target exited"
+            self.pending += data
+        line, _, self.pending = self.pending.partition(b"\n")
+        return line.decode()
+
+    def wait_for_line(self, expected: str) -> None:
+        while self.next_line().strip() != expected:
+            pass
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -295,13 +307,9 @@ def test_each_loop_of_a_process_is_listed_and_a_forked_child_has_its_own_socket(
 ) -> None:
     env = target_env(runtime_dir, LOOPY_MONITOR="1")
     target = script(THREADS_AND_FORK, env)
-    assert target.proc.stdout is not None
     lines = {}
-    deadline = time.monotonic() + TIMEOUT
     while len(lines) < 2:
-        ready, _, _ = select.select([target.proc.stdout], [], [], deadline - time.monotonic())
-        assert ready
-        role, pid = target.proc.stdout.readline().split()
+        role, pid = target.next_line().split()
         lines[role] = int(pid)
     child = lines["parent"]
     try:

@@ -36,6 +36,7 @@ import loopy
 from loopy import cli, monitor
 from loopy.monitor import client, paths, server, watch
 
+from . import test_frameworks
 from .test_cli import Loopy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -799,3 +800,36 @@ def test_loopy_run_with_monitor_true_is_watchable_while_it_runs(
     out = loopy.run(main(), monitor=True)
     assert re.search(r"loop #0: (waiting for I/O or timers|running .*)\n", out)
     assert re.search(r"Task Task-\d+ \(coro: main\)  at .*test_monitor\.py:\d+ in main", out)
+
+
+# ======================================================================
+# End to end: uvicorn on loopy
+# ======================================================================
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_uvicorn_on_loopy_is_watchable_one_socket_per_worker(
+    workers: int, runtime_dir: Path, tmp_path: Path
+) -> None:
+    port = test_frameworks.free_port()
+    argv = [test_frameworks.UVICORN, "--loop", "loopy:new_event_loop", "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--workers", str(workers), "starlette_app:app"]
+    env = {"LOOPY_MONITOR": "1", "XDG_RUNTIME_DIR": str(runtime_dir)}
+    with test_frameworks.serving(argv, port, tmp_path, **env) as served:
+        deadline = time.monotonic() + TIMEOUT
+        while True:  # (workers start one after the other)
+            listed = run_cli("ps", env=target_env(runtime_dir))
+            pids = [int(line.split()[0]) for line in listed.stdout.splitlines()[1:-1]]
+            if len(pids) == workers or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert len(pids) == workers, listed.stdout
+        if workers == 1:
+            assert pids == [served.process.pid]
+        else:  # the workers, not the supervisor, which runs no loop
+            assert served.process.pid not in pids
+        for pid in pids:
+            frame = run_cli("top", str(pid), "--once", env=target_env(runtime_dir))
+            assert frame.returncode == 0, frame.stderr
+            assert "loop #0: waiting for I/O or timers" in frame.stdout
+            assert f"127.0.0.1:{port}  (listening)" in frame.stdout

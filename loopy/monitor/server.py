@@ -4,10 +4,10 @@
 from the start, but the thread that answers is started only when a client
 comes, and ends :data:`IDLE_EXIT` seconds after the last one left.  Not
 for the thread's own work (it would sleep in ``select()``), but because a
-second live thread makes every system call on a descriptor dearer: the
-kernel skips reference counting on the file table of a single-threaded
-process only.  An echo server measured 2% more CPU per message with an
-idle thread alive, and none without (see the README).
+second live thread made an echo server use 2% more CPU per message, and a
+thread that had started and ended did not (see the README).  Our guess,
+not verified: the kernel skips reference counting of descriptors in a
+single-threaded process only.
 
 **Waking it: SIGURG.**  A client connects, then sends the process
 ``SIGURG``, whose handler (installed by :func:`register`, in the main

@@ -153,6 +153,12 @@ def parser() -> argparse.ArgumentParser:
         help="loopy with a do-nothing instrument vs without",
     )
     p.add_argument(
+        "--monitor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="loopy made watchable (LOOPY_MONITOR=1, nobody attached) vs not",
+    )
+    p.add_argument(
         "--pin",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -195,6 +201,7 @@ def make_config(args: argparse.Namespace) -> Config:
     config.http = args.http
     config.memory = args.memory
     config.instrument = args.instrument
+    config.monitor = args.monitor
     config.pin = args.pin
     config.verbose = not args.quiet
     return config

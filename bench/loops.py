@@ -11,6 +11,8 @@ name                 loop
                      pure-Python Future and Task
 ``loopy+instrument`` ``loopy`` with a do-nothing instrument attached, which
                      switches it to its observed path
+``loopy+monitor``    ``loopy`` made watchable (``LOOPY_MONITOR=1``: its
+                     monitor thread listening, nobody attached)
 ===================  ====================================================
 """
 
@@ -20,7 +22,8 @@ import asyncio
 
 LOOPS = ("asyncio", "uvloop", "loopy", "loopy-own")
 INSTRUMENTED = "loopy+instrument"
-VARIANTS = (*LOOPS, INSTRUMENTED)
+MONITORED = "loopy+monitor"
+VARIANTS = (*LOOPS, INSTRUMENTED, MONITORED)
 
 
 class NullInstrument:
@@ -35,12 +38,16 @@ def new_loop(name: str) -> asyncio.AbstractEventLoop:
         import uvloop  # noqa: PLC0415 (optional, and only in its own server)
 
         return uvloop.new_event_loop()
-    if name in ("loopy", "loopy-own", INSTRUMENTED):
+    if name in ("loopy", "loopy-own", INSTRUMENTED, MONITORED):
         import loopy  # noqa: PLC0415 (imported only by the processes that run it)
 
         loop = loopy.new_event_loop(tasks="loopy" if name == "loopy-own" else "asyncio")
         if name == INSTRUMENTED:
             loop.add_instrument(NullInstrument())
+        if name == MONITORED:
+            from loopy.monitor import watch  # noqa: PLC0415
+
+            watch(loop)
         return loop
     raise ValueError(f"unknown loop {name!r}; choose from {', '.join(VARIANTS)}")
 

@@ -24,6 +24,7 @@ ROWS_PER_GROUP: dict[str, list[tuple[str, str]]] = {
     "micro": [("ops_per_s", "ops/s")],
     "memory": [],  # the primary figure, bytes per connection or timer
     "instrument": [],  # the primary figure, plus msgs/s for the echo benchmark
+    "monitor": [],  # the same
 }
 ROWS_PER_GROUP["http"] = ROWS_PER_GROUP["echo"]
 
@@ -39,6 +40,7 @@ SECTIONS = [
     ("micro", "Micro benchmarks: operations per CPU second"),
     ("memory", "Memory: RSS growth"),
     ("instrument", "Instrument overhead: loopy with a do-nothing instrument vs loopy as-is"),
+    ("monitor", "Monitor overhead: loopy made watchable (LOOPY_MONITOR=1) vs loopy as-is"),
 ]
 
 
@@ -74,7 +76,7 @@ def rows_for(bench: dict[str, Any]) -> list[tuple[str, str]]:
     if not rows:
         primary = bench["primary"]
         rows = [(primary, LABELS.get(primary, primary))]
-        if bench["group"] == "instrument" and primary != "ops_per_s":
+        if bench["group"] in ("instrument", "monitor") and primary != "ops_per_s":
             rows = [
                 ("msgs_per_s", "msgs/s"),
                 ("cpu_us_per_msg", "CPU µs/msg"),

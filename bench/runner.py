@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import client
-from bench.loops import INSTRUMENTED
+from bench.loops import INSTRUMENTED, MONITORED
 from bench.proc import CLK_TCK, pick_cores, pin, rss_bytes
 from bench.report import format_value
 from bench.stats import paired_ratios, ratio_summary, summarize
@@ -94,6 +94,7 @@ class Config:
     idle_connections: int = 1000
     timers_for_memory: int = 100_000
     instrument: bool = True
+    monitor: bool = True
     pin: bool = True
     verbose: bool = True
 
@@ -316,6 +317,8 @@ class Suite:
                 self.micro_round(r, order)
             if config.instrument and "loopy" in config.loops:
                 self.instrument_round(r)
+            if config.monitor and "loopy" in config.loops:
+                self.monitor_round(r)
 
     def measure_memory(self, r: int) -> bool:
         return self.config.memory and (r == 0 or self.config.memory_every_round)
@@ -409,6 +412,29 @@ class Suite:
             figures = self.run_micro(loop, ["call_soon"], self.config.micro_scale)
             bench.record(loop, r, figures["call_soon"])
             bench.params["n"] = figures["call_soon"].get("n")
+        self.progress(r, bench)
+
+    def monitor_round(self, r: int) -> None:
+        """loopy as-is against loopy made watchable (LOOPY_MONITOR=1), nobody attached.
+
+        The issue's measurement: protocol echo of 1 KiB messages, whatever
+        the sizes of the echo benchmarks.
+        """
+        variants = rotated(["loopy", MONITORED], r)
+        size = 1024
+        bench = self.benchmark(
+            f"monitor/echo/protocol/{size}",
+            group="monitor",
+            title=f"monitor: echo protocol {format_size(size)}",
+            primary="cpu_us_per_msg",
+            metrics=ECHO_METRICS,
+            params={"mode": "protocol", "size": size, "connections": self.config.connections},
+            variants=["loopy", MONITORED],
+            baseline="loopy",
+        )
+        with running_servers(variants, "protocol", self.server_core) as servers:
+            for loop in variants:
+                bench.record(loop, r, self.measure_load(servers[loop], b"x" * size, echo=True))
         self.progress(r, bench)
 
     # -- single measurements -----------------------------------------------------

@@ -20,6 +20,7 @@ Start reading at ``loop.py``.  The package's files are its architecture:
 * ``runners.py``  ``loopy.run``, ``loopy.install`` and the event loop policy
 * ``instruments.py`` hooks that watch the loop work, free when unused
 * ``trace/``      record, view and summarize what the loop did
+* ``monitor/``    watch a running program from outside: ``loopy ps``, ``loopy top``
 * ``cli.py``      the ``loopy`` command
 """
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from . import demo
-from .loop import TASK_MODE_ENV, TASK_MODES, new_event_loop, resolve_task_mode
+from .loop import TASK_MODE_ENV, TASK_MODES, Loop, new_event_loop, resolve_task_mode
 from .trace import format_summary, load_trace, render_viewer, summarize, trace_to_file
 from .trace.fileformat import TraceFileError, check_writable
 from .trace.viewer import page_path
@@ -120,6 +120,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="record what the loop does into FILE (Chrome trace JSON), written at exit; "
         "checked for writing first",
     )
+    parser.add_argument(
+        "--monitor",
+        action="store_true",
+        help="let `loopy top` watch this process (as LOOPY_MONITOR=1 does)",
+    )
 
 
 def _run(options: argparse.Namespace) -> int:
@@ -148,6 +153,8 @@ def _run(options: argparse.Namespace) -> int:
         trace_to_file(loop, options.trace)
     try:
         with _logging_to_stderr(options.log_level):
+            if options.monitor:
+                _watch(loop)
             loop.run_until_complete(program.run())
     except KeyboardInterrupt:
         # Ctrl-C before the program installed its SIGINT handler.
@@ -254,6 +261,43 @@ def _reason(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
+# ----------------------------------------------------------------------
+# loopy ps, loopy top PID: watching a running program (monitor/)
+# ----------------------------------------------------------------------
+
+
+def _watch(loop: Loop) -> None:
+    from .monitor import watch  # noqa: PLC0415 - the monitor's code, only when asked for
+
+    watch(loop)
+
+
+def _add_ps_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _ps(options: argparse.Namespace) -> int:
+    from .monitor.client import ps  # noqa: PLC0415
+
+    return ps(sys.stdout)
+
+
+def _add_top_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pid", type=int, metavar="PID", help="the process to watch")
+    parser.add_argument(
+        "--once", action="store_true", help="print one frame as plain text and exit"
+    )
+    parser.add_argument(
+        "--loop", type=int, metavar="N", default=None, help="which loop (#N in the list: 0 first)"
+    )
+
+
+def _top(options: argparse.Namespace) -> int:
+    from .monitor.client import top  # noqa: PLC0415
+
+    return top(options.pid, once=options.once, loop=options.loop, out=sys.stdout)
+
+
 COMMANDS: dict[str, Command] = {
     "run": Command(
         "tick every interval and log what TCP clients send, on one thread",
@@ -264,5 +308,11 @@ COMMANDS: dict[str, Command] = {
         "look at a trace: `loopy trace view FILE` or `loopy trace summary FILE`",
         _add_trace_arguments,
         _trace,
+    ),
+    "ps": Command("list this user's watchable loopy processes", _add_ps_arguments, _ps),
+    "top": Command(
+        "watch a running loopy process: `loopy top PID [--once] [--loop N]`",
+        _add_top_arguments,
+        _top,
     ),
 }

@@ -172,6 +172,7 @@ class Loop(
         self._cancelled_timers = 0  # of those, how many are cancelled
 
         self._stopping = False  # stop() was called; leave after this iteration
+        self._iterations = 0  # _run_once calls so far; only grows (monitor/ reads it)
         self._closed = False
         self._thread_id: int | None = None  # the running thread, None when not running
         # Debug mode starts on under `python -X dev` or PYTHONASYNCIODEBUG=1, as asyncio's.
@@ -232,6 +233,7 @@ class Loop(
         # costs one check per step below; with some, each hook that no
         # instrument defines costs one more (an empty tuple).
         hooks = self._hooks
+        self._iterations += 1  # read by the monitor (monitor/), from its own thread
         if hooks is not None and hooks.iteration_started:
             hooks.call("iteration_started", self)
 
@@ -1082,10 +1084,15 @@ def new_event_loop(*, tasks: str | None = None) -> Loop:
     With ``LOOPY_TRACE=FILE`` in the environment, the loop is traced from
     birth and the trace written to FILE when it closes; ``ValueError`` if
     FILE cannot be written (see ``trace/environment.py``).
+    With ``LOOPY_MONITOR=1``, ``loopy top`` can watch it (see ``monitor/``).
     """
     loop = Loop(tasks=tasks)
     if os.environ.get(TRACE_ENV):
         from .trace.environment import trace_from_environment  # noqa: PLC0415 - only if asked
 
         trace_from_environment(loop)
+    if os.environ.get("LOOPY_MONITOR"):  # monitor/: LOOPY_MONITOR=1 makes it watchable
+        from .monitor import watch_if_requested  # noqa: PLC0415 - imported only when asked for
+
+        watch_if_requested(loop)
     return loop

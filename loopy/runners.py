@@ -35,12 +35,25 @@ def install() -> None:
 
 
 def run(
-    main: Coroutine[Any, Any, _T], *, debug: bool | None = None, tasks: str | None = None
+    main: Coroutine[Any, Any, _T],
+    *,
+    debug: bool | None = None,
+    tasks: str | None = None,
+    monitor: bool = False,
 ) -> _T:
     """Run ``main`` on a new loopy loop and close it, like :func:`asyncio.run`.
 
-    ``tasks`` picks the task mode (see :func:`loopy.new_event_loop`).
+    ``tasks`` picks the task mode (see :func:`loopy.new_event_loop`);
+    ``monitor=True`` lets ``loopy top`` watch the loop (as ``LOOPY_MONITOR=1`` does).
     """
-    factory = functools.partial(new_event_loop, tasks=tasks)
+    factory = functools.partial(_watched_loop if monitor else new_event_loop, tasks=tasks)
     with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
         return runner.run(main)
+
+
+def _watched_loop(*, tasks: str | None) -> Loop:
+    loop = new_event_loop(tasks=tasks)
+    from .monitor import watch  # noqa: PLC0415 - the monitor's code, only when asked for
+
+    watch(loop)
+    return loop

@@ -66,6 +66,7 @@ def expected_ids() -> set[str]:
         "micro/sleep0",
         "instrument/echo/protocol/100",
         "instrument/micro/call_soon",
+        "monitor/echo/protocol/1024",
     }
     if importlib.util.find_spec("aiohttp") is not None:
         ids.add("http/aiohttp")
@@ -79,9 +80,9 @@ def test_every_benchmark_and_loop_has_figures(smoke_run: tuple[dict, Path, str])
     benchmarks = results["benchmarks"]
     assert set(benchmarks) == expected_ids()
     for bench_id, bench in benchmarks.items():
-        instrument = bench["group"] == "instrument"
-        assert bench["baseline"] == ("loopy" if instrument else "asyncio"), bench_id
-        loops = ["loopy", "loopy+instrument"] if instrument else LOOPS
+        paired = {"instrument": "loopy+instrument", "monitor": "loopy+monitor"}.get(bench["group"])
+        assert bench["baseline"] == ("loopy" if paired else "asyncio"), bench_id
+        loops = ["loopy", paired] if paired else LOOPS
         assert list(bench["results"]) == loops, bench_id
         primary = bench["primary"]
         assert bench["metrics"][primary]["better"] in ("higher", "lower")
@@ -118,5 +119,5 @@ def test_chart_is_svg_and_table_is_printed(smoke_run: tuple[dict, Path, str]) ->
     texts = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
     assert "echo protocol 100 B" in texts
     assert len(list(root.iter("{http://www.w3.org/2000/svg}rect"))) > 10
-    for word in ("benchmark", "asyncio", "loopy", "loopy+instrument"):
+    for word in ("benchmark", "asyncio", "loopy", "loopy+instrument", "loopy+monitor"):
         assert word in stdout

@@ -153,6 +153,12 @@ def parser() -> argparse.ArgumentParser:
         help="loopy with a do-nothing instrument vs without",
     )
     p.add_argument(
+        "--flight",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="loopy with its flight recorder on vs off (echo protocol; off by default)",
+    )
+    p.add_argument(
         "--pin",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -195,6 +201,7 @@ def make_config(args: argparse.Namespace) -> Config:
     config.http = args.http
     config.memory = args.memory
     config.instrument = args.instrument
+    config.flight = args.flight
     config.pin = args.pin
     config.verbose = not args.quiet
     return config

@@ -11,6 +11,7 @@ name                 loop
                      pure-Python Future and Task
 ``loopy+instrument`` ``loopy`` with a do-nothing instrument attached, which
                      switches it to its observed path
+``loopy+flight``     ``loopy`` with its flight recorder on (10 s window)
 ===================  ====================================================
 """
 
@@ -20,7 +21,8 @@ import asyncio
 
 LOOPS = ("asyncio", "uvloop", "loopy", "loopy-own")
 INSTRUMENTED = "loopy+instrument"
-VARIANTS = (*LOOPS, INSTRUMENTED)
+FLIGHT = "loopy+flight"
+VARIANTS = (*LOOPS, INSTRUMENTED, FLIGHT)
 
 
 class NullInstrument:
@@ -35,12 +37,14 @@ def new_loop(name: str) -> asyncio.AbstractEventLoop:
         import uvloop  # noqa: PLC0415 (optional, and only in its own server)
 
         return uvloop.new_event_loop()
-    if name in ("loopy", "loopy-own", INSTRUMENTED):
+    if name in ("loopy", "loopy-own", INSTRUMENTED, FLIGHT):
         import loopy  # noqa: PLC0415 (imported only by the processes that run it)
 
         loop = loopy.new_event_loop(tasks="loopy" if name == "loopy-own" else "asyncio")
         if name == INSTRUMENTED:
             loop.add_instrument(NullInstrument())
+        if name == FLIGHT:
+            loop.start_flight_recorder(10.0)
         return loop
     raise ValueError(f"unknown loop {name!r}; choose from {', '.join(VARIANTS)}")
 

@@ -21,6 +21,7 @@ COLORS = {
     "loopy": "#1f6fb4",
     "loopy-own": "#6fb3e0",
     "loopy+instrument": "#f08a24",
+    "loopy+flight": "#2ca02c",
 }
 SECTION_TITLES = {
     "echo": "Echo servers: server CPU (user + system) per message",
@@ -28,6 +29,7 @@ SECTION_TITLES = {
     "micro": "Micro benchmarks: operations per CPU second",
     "memory": "Memory: RSS per idle connection / pending timer",
     "instrument": "Instrument overhead (baseline: loopy with no instrument)",
+    "flight": "Flight recorder overhead (baseline: loopy with it off)",
 }
 TICKS = (0.1, 0.2, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 20.0, 50.0)
 

@@ -24,6 +24,12 @@ ROWS_PER_GROUP: dict[str, list[tuple[str, str]]] = {
     "micro": [("ops_per_s", "ops/s")],
     "memory": [],  # the primary figure, bytes per connection or timer
     "instrument": [],  # the primary figure, plus msgs/s for the echo benchmark
+    "flight": [
+        ("msgs_per_s", "msgs/s"),
+        ("cpu_us_per_msg", "CPU µs/msg"),
+        ("user_us_per_msg", "user µs/msg"),
+        ("sys_us_per_msg", "sys µs/msg"),
+    ],
 }
 ROWS_PER_GROUP["http"] = ROWS_PER_GROUP["echo"]
 
@@ -39,6 +45,7 @@ SECTIONS = [
     ("micro", "Micro benchmarks: operations per CPU second"),
     ("memory", "Memory: RSS growth"),
     ("instrument", "Instrument overhead: loopy with a do-nothing instrument vs loopy as-is"),
+    ("flight", "Flight recorder overhead: loopy with its flight recorder on vs loopy as-is"),
 ]
 
 

@@ -265,7 +265,7 @@ class Loop(
         poll, readable, writable = self._readiness
         flight = self._flight  # [flight recorder]
         if flight is not None:
-            flight.wait_started()
+            flight.wait_start = self._clock()
         if timeout == 0 and len(watches) == 1 and not self._signal_handlers:
             # Only the wake-up socket is watched, and it carries nothing we
             # could miss (threadsafe callbacks are queued already): skip the
@@ -279,8 +279,8 @@ class Loop(
             polled = poll(timeout)
             if hooks.wait_finished:
                 hooks.call("wait_finished", self, self._ready_masks(polled))
-        if flight is not None:  # [flight recorder] the wait, and which handles are I/O
-            flight.waited(self, timeout, polled)
+        if flight is not None:  # [flight recorder] where the handles of `polled` will be
+            flight.io_from = len(ready)
         for fd, events in polled:
             watch = watches[fd]  # (every descriptor the selector knows is in _watches)
             # An error or hang-up sets both bits: a direction nobody watches has no handle.
@@ -310,7 +310,7 @@ class Loop(
         #    This is the one place where callbacks are called (and its
         #    recording twin, FlightRecorder.run_ready, when one is on).
         if flight is not None:  # [flight recorder]
-            flight.run_ready(self, hooks)
+            flight.run_ready(self, hooks, polled, timeout)
             if hooks is not None and hooks.iteration_finished:
                 hooks.call("iteration_finished", self)
             return

@@ -35,12 +35,29 @@ def install() -> None:
 
 
 def run(
-    main: Coroutine[Any, Any, _T], *, debug: bool | None = None, tasks: str | None = None
+    main: Coroutine[Any, Any, _T],
+    *,
+    debug: bool | None = None,
+    tasks: str | None = None,
+    flight_recorder: float | None = None,
+    dump_on_stall: float | None = None,
 ) -> _T:
     """Run ``main`` on a new loopy loop and close it, like :func:`asyncio.run`.
 
     ``tasks`` picks the task mode (see :func:`loopy.new_event_loop`).
+    ``flight_recorder`` keeps that many seconds of the loop's events in
+    memory and ``dump_on_stall`` writes them out when a step holds the loop
+    longer than that many seconds (10 s kept if only it is given; see
+    :meth:`Loop.start_flight_recorder`).
     """
     factory = functools.partial(new_event_loop, tasks=tasks)
+    if flight_recorder is not None or dump_on_stall is not None:
+        seconds = flight_recorder if flight_recorder is not None else 10.0
+
+        def factory() -> Loop:
+            loop = new_event_loop(tasks=tasks)
+            loop.start_flight_recorder(seconds, dump_on_stall=dump_on_stall)
+            return loop
+
     with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
         return runner.run(main)

@@ -15,35 +15,42 @@ and finished.  How, cheaply:
 * **Inline, not through hooks.**  ``Loop._run_once`` checks ``self._flight``
   three times per iteration; when it is set, step 4 (running the ready
   callbacks) is :meth:`FlightRecorder.run_ready`, the same loop with the
-  recording written into it.  One clock read per callback: a callback
-  starts when the one before it ended (the loop's few instructions in
-  between count as the callback's).
-* **Numbers only.**  The ring is one preallocated ``array('d')`` of
-  four-number slots ``(code, end, start, extra)``: ``code`` is
-  ``name * 16 + kind``, where ``name`` indexes :attr:`FlightRecorder.names`
-  (interned once per function: the key is its code object) or, for a task
-  step, ``extra`` is the task's number.  No handle, callback or task is
-  referenced from the ring: a task dies when the program drops it, and
-  "Task exception was never retrieved" or a ResourceWarning comes when it
-  would without the recorder.  Tasks are numbered by ``id()`` with a weak
-  reference that forgets the number when the task dies.
-* **Names at dump time.**  Turning numbers into names and trace events
-  happens in :meth:`FlightSnapshot.write`, which the loop's thread never
-  runs: :meth:`FlightRecorder.snapshot` only copies the used part of the
-  ring (a ``memcpy``) and a few fields.
+  recording written into it.
+* **Two numbers per callback.**  The ring is one preallocated
+  ``array('d')`` of two-number slots ``(code, time)``, written through a
+  ``memoryview`` (an array's own item assignment costs twice as much).
+  ``code`` packs what happened into an integer below 2**53 (exact in a
+  double): its kind in the low 4 bits, the index of its name in
+  :attr:`FlightRecorder.names` in the next 16, and a number that belongs
+  to it above them (a task's number, a descriptor, a timer's lateness in
+  microseconds).  ``time`` is when it ended; a callback began when the
+  step before it in its iteration ended (the loop's few instructions in
+  between count as the callback's): one clock read per callback.
+* **No references.**  Names are interned once per function (the key is the
+  id of its code object, which is kept alive so that the id stays unique).
+  No handle, callback or task is referenced from the ring: a task dies
+  when the program drops it, and "Task exception was never retrieved" or
+  a ResourceWarning comes when it would without the recorder.  Tasks are
+  numbered by ``id()`` with a weak reference that forgets the number when
+  the task dies.
+* **Names and events at dump time.**  :meth:`FlightRecorder.snapshot` only
+  copies the used part of the ring (a ``memcpy`` or two); turning numbers
+  into names and trace events happens in :meth:`FlightSnapshot.write`,
+  which need not run on the loop's thread.
 
-Bounds: the ring starts small and doubles when it wraps while its oldest
-event is still inside the window, up to ``max_bytes`` (64 MiB by default,
-two million events).  A dump covers the last ``seconds`` or what the cap
-holds, whichever is shorter, and says which (``otherData.flight_recorder``).
+Bounds: the ring starts small (256 KiB) and doubles when it wraps while its
+oldest event is still inside the window, up to ``max_bytes`` (64 MiB by
+default, four million events).  A dump covers the last ``seconds`` or what
+the ring holds, whichever is shorter, and says which
+(``otherData.flight_recorder``).
 
 Dump on stall: with a threshold, a watchdog thread (:class:`_Watchdog`)
 looks at the step running now (``running``, the start time the loop
 publishes before each callback) every quarter threshold; while one runs
 over the threshold it samples the loop thread's Python stack from
 ``sys._current_frames()``.  When the step ends, the loop's thread takes a
-snapshot and the watchdog writes it, with the stalled step, its task and the
-stack (:attr:`otherData.stall`).  A step still running after ten times the
+snapshot and the watchdog writes it, with the stalled step, its task and
+the stack (``otherData.stall``).  A step still running after ten times the
 threshold is dumped by the watchdog itself, marked unfinished.  At most one
 file per 10 s and 20 per process (:class:`DumpLimiter`).
 """
@@ -80,8 +87,6 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_SECONDS",
     "DUMP_DIR_ENV",
-    "FLIGHT_ENV",
-    "STALL_ENV",
     "DumpLimiter",
     "FlightRecorder",
     "FlightSnapshot",
@@ -90,7 +95,7 @@ __all__ = [
 
 logger = logging.getLogger("loopy")
 
-#: The environment variables (names fixed: checks outside this repository use them).
+#: Where stall dumps go (default: the current directory).
 DUMP_DIR_ENV = "LOOPY_DUMP_DIR"
 
 #: The window when none is given (``LOOPY_DUMP_ON_STALL`` alone uses it).
@@ -98,20 +103,30 @@ DEFAULT_SECONDS = 10.0
 #: The most memory the ring may take.
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
-# A slot is four doubles: (code, end, start, extra).  Integers up to 2**53
-# are exact in a double, far more than any count here reaches.
-SLOT = 4
+# A slot is two doubles, (code, time); see the module docstring.
+SLOT = 2
 _SLOT_BYTES = SLOT * 8
-# The ring's first size, in events (512 KiB); it doubles as needed.
+# The ring's first size, in events; it doubles as needed.
 _INITIAL_EVENTS = 16_384
-# At most this many distinct callback names; later ones are "<other>".
-MAX_NAMES = 20_000
+# At most this many distinct names (16 bits); later ones are "<other>".
+MAX_NAMES = 50_000
+# code = kind | name << 4 | number << 20; the number has 33 bits.
+_NAME_SHIFT = 4
+_NUMBER_SHIFT = 20
+_NUMBER = 1 << _NUMBER_SHIFT
+_MAX_NUMBER = (1 << 33) - 1
 
-# Kinds: the low four bits of a slot's code.
+# Kinds: the low four bits of a slot's code.  The first four are steps.
 K_CALLBACK, K_TASK_STEP, K_IO, K_TIMER = 0, 1, 2, 3
-K_WAIT, K_READY, K_ITERATION = 4, 5, 6
-K_TASK_CREATED, K_TASK_SEEN, K_TASK_DONE = 7, 8, 9
-_STEP_KIND_NAMES = {K_CALLBACK: "callback", K_TASK_STEP: "task-step", K_IO: "io", K_TIMER: "timer"}
+# An iteration begins with its wait: two slots, (code, start) and
+# (timeout or -1.0 for none, end); the code's number is the ready queue's
+# length << 16 | the watched descriptors, each at most 65535.  It ends
+# with the last step before the next wait.
+K_WAIT = 4
+K_TASK_CREATED, K_TASK_SEEN, K_TASK_DONE = 7, 8, 9  # number: the task's
+# More about the event before: a parent task's number, an outcome...
+K_ARG = 10
+K_PAD = 11  # nothing: a slot left at the end of the ring
 _OUTCOMES = ("result", "exception", "cancelled")
 
 # The types a callback usually is, for the cheap key of its name.
@@ -162,16 +177,26 @@ limiter = DumpLimiter()
 class FlightRecorder:
     """The ring of one loop's recent events; see the module docstring.
 
-    Start it with ``loop.start_flight_recorder(seconds)``; the loop calls
-    :meth:`wait_started`, :meth:`waited` and :meth:`run_ready` from
-    ``_run_once`` and :meth:`task_created` from ``create_task``.
+    Start it with ``loop.start_flight_recorder(seconds)``; ``_run_once``
+    sets ``wait_start`` and ``io_from`` and calls :meth:`run_ready`, and
+    ``create_task`` calls :meth:`task_created`.
 
-    Invariants: ``buf`` holds ``capacity`` slots; ``i`` is the index of the
-    next one to write (a multiple of :data:`SLOT`), and once ``wrapped`` the
-    slots from ``i`` on are older than those before it.  ``running`` is the
-    start time of the callback running now, -1.0 between callbacks;
-    ``step_code``/``step_extra`` describe it.
+    Invariants: ``buf`` holds ``capacity`` slots and ``ring`` is a
+    memoryview of it; ``i`` is the index of the next number to write (a
+    multiple of :data:`SLOT`), and once ``wrapped`` the slots from ``i`` on
+    are older than those before it.  ``running`` is the start time of the
+    callback running now, -1.0 when none runs; ``step_code`` is its code.
     """
+
+    # Slots: attribute access on the hot path is then a fixed offset
+    # (CPython stops sharing the keys of an instance dict this large).
+    __slots__ = (
+        "__weakref__", "_codes", "_dead_tasks", "_loop", "_name_index", "_next_task",
+        "_task_numbers", "_task_refs", "_watchdog", "buf", "capacity", "clock", "dump_dir",
+        "end", "i", "io_from", "max_events", "names", "pid", "ring", "running",
+        "seconds", "stall_after", "started", "step_code", "task_labels", "task_mode",
+        "wait_start", "wrapped",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -188,6 +213,7 @@ class FlightRecorder:
         self.max_events = max_bytes // _SLOT_BYTES
         self.capacity = min(_INITIAL_EVENTS, self.max_events)
         self.buf = array("d", bytes(self.capacity * _SLOT_BYTES))
+        self.ring = memoryview(self.buf)
         self.end = self.capacity * SLOT
         self.i = 0
         self.wrapped = False
@@ -196,19 +222,18 @@ class FlightRecorder:
         self.pid = os.getpid()
         self.started = self.clock()  # nothing is older: a dump begins here at the earliest
         self.task_mode: str | None = getattr(loop, "task_mode", None)
-        self.iterations = 0
+        # Set by _run_once: when its wait began, and where in the ready
+        # queue the handles step 2 queues for the descriptors begin.
         self.wait_start = 0.0
-        # The io handles step 2 queued this iteration: their position in the
-        # ready queue starts at io_from, and io_fds has each one's descriptor.
         self.io_from = 0
-        self.io_fds: list[int] = []
         self.running = -1.0
         self.step_code = 0
-        self.step_extra = 0.0
-        # Names: key (a code object, a type, a builtin's name) -> index in
-        # ``names``, or -1 for a task's step or wake-up (named by its task).
+        # Names: key (the id of a code object, a type, a builtin's name) ->
+        # index in ``names`` shifted into place, or -1 for a task's step or
+        # wake-up (named by its task).
         self.names: list[str] = ["<other>"]
         self._name_index: dict[Any, int] = {}
+        self._codes: list[Any] = []  # the code objects whose ids are keys
         # Tasks: id(task) -> number while the task lives (a weak reference
         # with a callback forgets it); number -> label, kept until the task
         # has been dead longer than the window (see _forget_old_tasks).
@@ -230,15 +255,24 @@ class FlightRecorder:
     # ------------------------------------------------------------------
 
     def wrap(self) -> int:
-        """The ring is full: grow it if its oldest event is still wanted, else start over."""
+        """The ring is full: grow it if its oldest event is still wanted, else start over.
+
+        Slots left unwritten at the end (a two-slot write did not fit) are
+        marked as padding.
+        """
+        for pad in range(self.i, self.end, SLOT):
+            self.ring[pad] = K_PAD
         buf, capacity = self.buf, self.capacity
-        oldest = buf[self.i + 1] if self.wrapped else buf[1]  # (its end: every event has one)
+        # The oldest slot: the next to overwrite, once wrapped (0 if the ring was full).
+        oldest = buf[self.i + 1 if self.wrapped and self.i < self.end else 1]
         if capacity < self.max_events and oldest >= self.clock() - self.seconds:
             grown = min(capacity * 2, self.max_events)
-            if self.wrapped:  # put the slots in order first: oldest at 0
-                buf = buf[self.i :] + buf[: self.i]
-            buf.frombytes(bytes((grown - capacity) * _SLOT_BYTES))
-            self.buf, self.capacity, self.end = buf, grown, grown * SLOT
+            # A new array (one that a memoryview exports cannot be resized),
+            # the slots in order, oldest first.
+            bigger = buf[self.i :] + buf[: self.i] if self.wrapped else buf[:]
+            bigger.frombytes(bytes((grown - capacity) * _SLOT_BYTES))
+            self.buf, self.ring = bigger, memoryview(bigger)
+            self.capacity, self.end = grown, grown * SLOT
             self.wrapped = False
             self.i = capacity * SLOT
             return self.i
@@ -246,70 +280,63 @@ class FlightRecorder:
         self.i = 0
         return 0
 
-    def add(self, code: float, end: float, start: float, extra: float) -> None:
-        """Write one event (the slow path; run_ready writes its own inline)."""
+    def add(self, code: int, t: float) -> None:
+        """Write one slot (the slow path; run_ready writes its own inline)."""
         i = self.i
         if i >= self.end:
             i = self.wrap()
-        buf = self.buf
-        buf[i] = code
-        buf[i + 1] = end
-        buf[i + 2] = start
-        buf[i + 3] = extra
+        ring = self.ring
+        ring[i] = code
+        ring[i + 1] = t
         self.i = i + SLOT
 
-    def wait_started(self) -> None:
-        """Step 2 is about to wait in ``select()``."""
-        self.wait_start = self.clock()
+    def run_ready(
+        self, loop: Any, hooks: Any, polled: list[tuple[int, int]], timeout: float | None
+    ) -> None:
+        """Step 4 of ``_run_once``, recorded: run exactly the callbacks that are ready now.
 
-    def waited(self, loop: Any, timeout: float | None, polled: list[tuple[int, int]]) -> None:
-        """``select()`` returned ``polled``: record the wait, and which descriptors were ready.
-
-        Called before step 2 queues their handles, so that :meth:`run_ready`
-        knows which handles of the ready queue are I/O, and for which
-        descriptor: it replays step 2's rule here.
+        The same loop as the unrecorded one in ``Loop._run_once`` (keep the
+        two alike), with the iteration's wait and each callback's end time,
+        name and task or descriptor written into the ring.  ``_run_once``
+        set ``wait_start`` before its wait and ``io_from`` (the length of
+        the ready queue) before step 2 queued the handles of the
+        descriptors in ``polled``; step 2's rule is replayed here to know
+        which handle is whose.  The wait is taken to end here (after step 2
+        queued its handles and step 3 its timers): one clock read less.
         """
-        now = self.clock()
+        clock = self.clock
+        t_prev = clock()
         ready = loop._ready
         watches = loop._watches
-        counts = min(len(ready), 0xFFFFFF) * 16 + len(watches) * (1 << 28)
-        self.add(K_WAIT + counts, now, self.wait_start, -1.0 if timeout is None else timeout)
-        self.io_from = len(ready)
-        fds = self.io_fds = []
+        io_from = self.io_from
+        # The wait: two slots, written at once.
+        fds = len(watches)
+        counts = (io_from if io_from < 0xFFFF else 0xFFFF) << 16 | (fds if fds < 0xFFFF else 0xFFFF)
+        i = self.i
+        if i > self.end - 2 * SLOT:
+            i = self.wrap()
+        ring = self.ring
+        ring[i] = K_WAIT | counts << _NUMBER_SHIFT
+        ring[i + 1] = self.wait_start
+        ring[i + 2] = -1.0 if timeout is None else timeout
+        ring[i + 3] = t_prev
+        self.i = i + 2 * SLOT
+        # Each I/O handle's number: its descriptor times 4, plus 1 for read, 2 for write.
+        io_numbers = []
         if polled:
             _, readable, writable = loop._readiness
             for fd, events in polled:
                 watch = watches[fd]
-                mask = 0
                 if events & readable and watch.reader is not None:
-                    fds.append(fd)
-                    mask = 1
+                    io_numbers.append((fd * 4 + 1) << _NUMBER_SHIFT | K_IO)
                 if events & writable and watch.writer is not None:
-                    fds.append(fd)
-                    mask |= 2
-                if mask:
-                    self.add(K_READY + mask * 16, now, now, fd)
-
-    def run_ready(self, loop: Any, hooks: Any) -> None:
-        """Step 4 of ``_run_once``, recorded: run exactly the callbacks that are ready now.
-
-        The same loop as the unrecorded one in ``Loop._run_once`` (keep the
-        two alike), with each callback's end time, name and task or
-        descriptor written into the ring.  See the module docstring.
-        """
-        ready = loop._ready
+                    io_numbers.append((fd * 4 + 2) << _NUMBER_SHIFT | K_IO)
+        io_end = io_from + len(io_numbers)
         popleft = ready.popleft
-        clock = self.clock
         names_get = self._name_index.get
         tasks_get = self._task_numbers.get
-        io_from = self.io_from
-        io_fds = self.io_fds
-        io_end = io_from + len(io_fds)
         stall_after = self.stall_after
         observed = loop._debug or (hooks is not None and hooks.watches_callbacks)
-        buf = self.buf
-        count = 0
-        t_prev = clock()
         try:
             for k in range(len(ready)):
                 handle = popleft()
@@ -317,12 +344,13 @@ class FlightRecorder:
                     continue
                 callback = handle._callback
                 # The key of its name: cheap to find, and never the callback
-                # itself (that would keep a closure, and what it holds, alive).
+                # itself (that would keep a closure, and what it holds,
+                # alive): the id of its code, which _intern keeps alive.
                 kind = type(callback)
                 if kind is _METHOD:
-                    key = callback.__func__.__code__
+                    key = id(callback.__func__.__code__)
                 elif kind is _FUNCTION:
-                    key = callback.__code__
+                    key = id(callback.__code__)
                 elif kind is _BUILTIN:
                     key = callback.__name__
                 elif kind is _PARTIAL:
@@ -335,22 +363,17 @@ class FlightRecorder:
                 task = None
                 if code < 0:
                     task = callback.__self__
-                    extra: float = tasks_get(id(task)) or self._first_sight(task)
-                    code = K_TASK_STEP
+                    number = tasks_get(id(task)) or self._first_sight(task)
+                    code = number << _NUMBER_SHIFT | K_TASK_STEP
                 elif k < io_from:
-                    code = code * 16
-                    extra = 0.0
+                    pass  # a callback: its code is its name's
                 elif k < io_end:
-                    code = code * 16 + K_IO
-                    extra = io_fds[k - io_from]
+                    code |= io_numbers[k - io_from]
                 elif type(handle) is TimerHandle:
-                    code = code * 16 + K_TIMER
-                    extra = handle._when
-                else:
-                    code = code * 16
-                    extra = 0.0
+                    late = int((t_prev - handle._when) * 1e6)
+                    code |= (late if 0 < late < _MAX_NUMBER else 0) << _NUMBER_SHIFT | K_TIMER
+                # What the watchdog reads: the step running since t_prev.
                 self.step_code = code
-                self.step_extra = extra
                 self.running = t_prev
                 if observed:
                     started = loop._callback_starting(handle)
@@ -366,45 +389,44 @@ class FlightRecorder:
                 if observed:
                     loop._callback_finished(handle, started)
                 t = clock()
-                self.running = -1.0
                 i = self.i
                 if i >= self.end:
                     i = self.wrap()
-                    buf = self.buf
-                buf[i] = code
-                buf[i + 1] = t
-                buf[i + 2] = t_prev
-                buf[i + 3] = extra
+                    ring = self.ring
+                ring[i] = code
+                ring[i + 1] = t
                 self.i = i + SLOT
-                count += 1
                 if task is not None and task.done():
-                    self._task_done(task, extra)
+                    self._task_done(task, number)
                 if t - t_prev > stall_after:
-                    self._stalled(code, t_prev, t, extra)
+                    self._stalled(code, t_prev, t)
                 t_prev = t
         finally:
+            # Between steps, nothing runs.  (Steps follow each other without
+            # a gap, so once per iteration is enough.)
             self.running = -1.0
             # (As in _run_once: a traceback through a callback keeps this
             # frame, and these would make reference cycles.)
             handle = callback = task = None  # type: ignore[assignment]
-        self.iterations += 1
-        self.add(K_ITERATION + self.iterations * 16, t_prev, self.wait_start, count)
 
     # ------------------------------------------------------------------
     # Names and tasks (slow paths: once per function, once per task)
     # ------------------------------------------------------------------
 
     def _intern(self, key: Any, callback: Any) -> int:
-        """The index of ``callback``'s name (-1 for a task step), remembered under ``key``."""
+        """The code of ``callback``'s name (-1 for a task step), remembered under ``key``."""
+        code = getattr(getattr(callback, "__func__", callback), "__code__", None)
         if callback_task(callback) is not None:
             self._name_index[key] = -1
             return -1
         if len(self.names) >= MAX_NAMES:
             return 0
+        if code is not None:
+            self._codes.append(code)  # alive, so that its id (the key) is never reused
         index = len(self.names)
         self.names.append(callback_name(callback))
-        self._name_index[key] = index
-        return index
+        self._name_index[key] = index << _NAME_SHIFT
+        return index << _NAME_SHIFT
 
     def _number(self, task: Any, kind: int, parent: int) -> int:
         number = self._next_task
@@ -418,37 +440,38 @@ class FlightRecorder:
             self._task_refs.pop(number, None)
             self._dead_tasks.append((self.clock(), number))
 
-        try:
-            self._task_refs[number] = weakref.ref(task, forget)
-        except TypeError:  # pragma: no cover - every Task loopy meets takes weak references
-            pass
+        self._task_refs[number] = weakref.ref(task, forget)
         self.task_labels[number] = task_label(task)
-        self.add(K_TASK_CREATED if kind else K_TASK_SEEN, self.clock(), parent, number)
+        now = self.clock()
+        self.add(kind | (number & _MAX_NUMBER) << _NUMBER_SHIFT, now)
+        if parent:
+            self.add(K_ARG | (parent & _MAX_NUMBER) << _NUMBER_SHIFT, now)
         self._forget_old_tasks()
         return number
 
     def _first_sight(self, task: Any) -> int:
         """A task the recorder had not seen (built directly, or before it started)."""
-        return self._number(task, 0, 0)
+        return self._number(task, K_TASK_SEEN, 0)
 
     def task_created(self, task: Any, parent: Any) -> None:
         """``create_task`` made ``task``, from ``parent`` (a task, or None)."""
         if id(task) in self._task_numbers or task.done():
             return  # seen already (an eager first step), or done before we could look
         parent_number = self._task_numbers.get(id(parent), 0) if is_task(parent) else 0
-        self._number(task, 1, parent_number)
+        self._number(task, K_TASK_CREATED, parent_number)
 
-    def _task_done(self, task: Any, number: float) -> None:
+    def _task_done(self, task: Any, number: int) -> None:
         result, error = outcome(task)
         name = 0
         if error is not None:  # named by its type: reprs are too many to keep
             kind = type(task._exception)
             name = self._name_index.get(kind, 0)
             if not name and len(self.names) < MAX_NAMES:
-                name = self._name_index[kind] = len(self.names)
+                name = self._name_index[kind] = len(self.names) << _NAME_SHIFT
                 self.names.append(kind.__qualname__)
-        code = name * 16 + K_TASK_DONE
-        self.add(code, self.clock(), _OUTCOMES.index(result), number)
+        now = self.clock()
+        self.add(K_TASK_DONE | name | (number & _MAX_NUMBER) << _NUMBER_SHIFT, now)
+        self.add(K_ARG | _OUTCOMES.index(result) << _NUMBER_SHIFT, now)
 
     def _forget_old_tasks(self) -> None:
         """Drop the labels of tasks dead for longer than the window: no dump can name them."""
@@ -470,12 +493,14 @@ class FlightRecorder:
         that of a task dead for longer than the window).  Everything else
         happens in :meth:`FlightSnapshot.write`, on any thread.
         """
-        i = self.i
-        slots = self.buf[i:] + self.buf[:i] if self.wrapped else self.buf[:i]
-        running = None
+        i, buf = self.i, self.buf
+        if self.wrapped:
+            slots = buf[i:]
+            slots.frombytes(self.ring[:i])
+        else:
+            slots = buf[:i]
         start = self.running
-        if start >= 0:
-            running = (self.step_code, start, self.step_extra)
+        running = (self.step_code, start) if start >= 0 else None
         return FlightSnapshot(
             slots=slots,
             names=self.names,
@@ -490,13 +515,13 @@ class FlightRecorder:
             running=running,
         )
 
-    def _stalled(self, code: float, start: float, end: float, extra: float) -> None:
+    def _stalled(self, code: int, start: float, end: float) -> None:
         """A step held the loop longer than the threshold: dump, unless dumped or limited."""
         watchdog = self._watchdog
         if watchdog is None or watchdog.dumped == start or not limiter.allow():
             return
         snap = self.snapshot()
-        snap.stall = watchdog.stall_info(code, start, end, extra, unfinished=False)
+        snap.stall = watchdog.stall_info(code, start, end, unfinished=False)
         watchdog.jobs.put(snap)
 
     def stop(self) -> None:
@@ -505,13 +530,19 @@ class FlightRecorder:
             self._watchdog.jobs.put(None)
             self._watchdog = None
 
-    def step_name(self, code: float, extra: float) -> tuple[str, str | None]:
-        """The name of a step from its code and extra, and its task's label (or None)."""
-        kind, name = int(code) & 15, int(code) >> 4
-        if kind == K_TASK_STEP:
-            label = self.task_labels.get(int(extra), f"Task #{int(extra)}")
-            return label, label
-        return self.names[name] if name < len(self.names) else "<other>", None
+    def step_name(self, code: int) -> tuple[str, str | None]:
+        """The name of a step from its code, and its task's label (or None)."""
+        return _step_name(code, self.names, self.task_labels)
+
+
+def _step_name(code: int, names: list[str], labels: dict[int, str]) -> tuple[str, str | None]:
+    """A step's name and its task's label (None for a callback), from its code."""
+    kind, name = code & 15, (code >> _NAME_SHIFT) & 0xFFFF
+    if kind == K_TASK_STEP:
+        number = code >> _NUMBER_SHIFT
+        label = labels.get(number, f"Task #{number}")
+        return label, label
+    return names[name] if name < len(names) else "<other>", None
 
 
 def _partial_key(callback: Any) -> Any:
@@ -519,10 +550,10 @@ def _partial_key(callback: Any) -> Any:
     while isinstance(callback, functools.partial):
         callback = callback.func
     code = getattr(getattr(callback, "__func__", callback), "__code__", None)
-    return ("partial", code if code is not None else type(callback))
+    return ("partial", id(code) if code is not None else type(callback))
 
 
-def _positive(what: str, value: float) -> float:
+def _positive(what: str, value: Any) -> float:
     """``value`` as a number of seconds, or ValueError: finite and above zero."""
     try:
         seconds = float(value)
@@ -552,7 +583,7 @@ class FlightSnapshot:
     full: bool  # the ring had wrapped: older events were overwritten
     pid: int
     task_mode: str | None
-    running: tuple[float, float, float] | None  # (code, start, extra) of a step in progress
+    running: tuple[int, float] | None  # (code, start) of a step in progress
     stall: dict[str, Any] | None = field(default=None)
 
     @property
@@ -564,84 +595,105 @@ class FlightSnapshot:
         return begin
 
     def records(self) -> Iterator[tuple[Any, ...]]:
-        """The events of the window as the trace recorder's records (times from :attr:`start`)."""
+        """The events of the window as the trace recorder's records (times from :attr:`start`).
+
+        One iteration at a time, from its wait's start to its end: a step
+        begins where the step (or the wait) before it ended, and the wait's
+        list of ready descriptors is made from the I/O steps that followed it.
+        """
         slots, begin = self.slots, self.start
-        pending_wait: list[Any] | None = None
-        wait_seconds = 0.0
-        for i in range(0, len(slots), SLOT):
-            code, end, start, extra = int(slots[i]), slots[i + 1], slots[i + 2], slots[i + 3]
-            kind, name = code & 15, code >> 4
-            if kind == K_READY:
-                if pending_wait is not None:
-                    mask = "read+write" if name == 3 else "read" if name == 1 else "write"
-                    pending_wait[-1].append((int(extra), mask))
+        names, labels = self.names, self.task_labels
+        group: list[Any] = []
+        wait: list[Any] | None = None  # the wait of the iteration being read
+        last = -math.inf  # where the next step begins: the end of the step or wait before
+        steps = iterations = 0
+        previous: list[Any] | None = None  # a task event waiting for its K_ARG
+        j, end = 0, len(slots)
+        while j < end:
+            code, t = int(slots[j]), slots[j + 1]
+            j += SLOT
+            kind, number = code & 15, code >> _NUMBER_SHIFT
+            if kind == K_ARG:
+                if previous is not None:
+                    if previous[0] == "task-created":
+                        previous[7] = number  # the parent
+                    else:
+                        previous[7] = _OUTCOMES[min(number, 2)]
                 continue
-            if pending_wait is not None:
-                yield (*pending_wait[:-1], tuple(pending_wait[-1]))
-                pending_wait = None
-            if kind in (K_TASK_CREATED, K_TASK_SEEN, K_TASK_DONE):
-                if end < begin:
-                    continue
-            elif start < begin:
-                continue
-            t0 = start - begin
+            previous = None
             if kind <= K_TIMER:
-                yield self._step(kind, name, t0, end - start, extra, start)
+                start, last = last, t
+                if start < begin:
+                    continue
+                steps += 1
+                group.append(self._step(code, start - begin, t - start))
+                if kind == K_IO and wait is not None:
+                    way = number & 3
+                    wait[-1].append((number >> 2, "read" if way == 1 else "write"))
             elif kind == K_WAIT:
-                ready, fds = name & 0xFFFFFF, name >> 24
-                yield ("counters", t0, None, "counters", "ready", ready, "fds", fds)
-                timeout = None if extra < 0 else extra
-                wait_seconds = end - start
-                pending_wait = ["wait", t0, end - start, "wait", "timeout", timeout, "ready", []]
-            elif kind == K_ITERATION:
-                yield (
-                    "iteration", t0, end - start, f"iteration {name}",
-                    "n", name, "wait", wait_seconds, "callbacks", int(extra),
+                if wait is not None:
+                    iterations += 1
+                    group.append(self._iteration(iterations, wait, last - begin, steps))
+                yield from _finish_group(group)
+                group, wait, steps = [], None, 0
+                timeout, last = slots[j], slots[j + 1]
+                j += SLOT
+                if t < begin:
+                    continue
+                group.append(
+                    ("counters", t - begin, None, "counters",
+                     "ready", number >> 16, "fds", number & 0xFFFF)
                 )  # fmt: skip
-                wait_seconds = 0.0
-            elif kind in (K_TASK_CREATED, K_TASK_SEEN):
-                number = int(extra)
-                parent = int(start) or None
-                yield (
-                    "task-created", end - begin, None, self._task(number),
-                    "task", number, "parent", parent, "first_sight", kind == K_TASK_SEEN,
-                )  # fmt: skip
-            elif kind == K_TASK_DONE:
-                number = int(extra)
-                error = self.names[name] if name else None
-                yield (
-                    "task-finished", end - begin, None, self._task(number),
-                    "task", number, "outcome", _OUTCOMES[int(start)], "exception", error,
-                )  # fmt: skip
-        if pending_wait is not None:
-            yield (*pending_wait[:-1], tuple(pending_wait[-1]))
+                wait = ["wait", t - begin, last - t, "wait",
+                        "timeout", None if timeout < 0 else timeout, "ready", []]  # fmt: skip
+                group.append(wait)
+            elif kind in (K_TASK_CREATED, K_TASK_SEEN, K_TASK_DONE):
+                if t < begin:
+                    continue
+                label = labels.get(number, f"Task #{number}")
+                if kind == K_TASK_DONE:
+                    name = (code >> _NAME_SHIFT) & 0xFFFF
+                    error = names[name] if name else None
+                    previous = ["task-finished", t - begin, None, label, "task", number,
+                                "outcome", "result", "exception", error]  # fmt: skip
+                else:
+                    previous = ["task-created", t - begin, None, label, "task", number,
+                                "parent", None, "first_sight", kind == K_TASK_SEEN]  # fmt: skip
+                group.append(previous)
+            # (K_PAD: nothing.)
+        if wait is not None:  # the iteration in progress, up to its last step
+            iterations += 1
+            group.append(self._iteration(iterations, wait, last - begin, steps))
         if self.running is not None:
-            code_f, start, extra = self.running
-            kind, name = int(code_f) & 15, int(code_f) >> 4
-            step = self._step(kind, name, start - begin, self.now - start, extra, start)
-            yield (*step, "partial", True)
+            code, start = self.running
+            step = self._step(code, start - begin, self.now - start)
+            group.append((*step, "partial", True))
         if self.stall is not None:
             stall = self.stall
-            yield (
-                "stall", stall["started"] - begin, None, stall["step"],
-                "duration_ms", stall["duration_ms"], "unfinished", stall["unfinished"],
-                "task", stall["task"],
+            group.append(
+                ("stall", stall["started"] - begin, None, stall["step"],
+                 "duration_ms", stall["duration_ms"], "unfinished", stall["unfinished"],
+                 "task", stall["task"])
             )  # fmt: skip
+        yield from _finish_group(group)
 
-    def _task(self, number: int) -> str:
-        return self.task_labels.get(number, f"Task #{number}")
+    @staticmethod
+    def _iteration(n: int, wait: list[Any], end: float, steps: int) -> tuple[Any, ...]:
+        start = wait[1]
+        return (
+            "iteration", start, max(end - start, wait[2]), f"iteration {n}",
+            "n", n, "wait", wait[2], "callbacks", steps,
+        )  # fmt: skip
 
-    def _step(
-        self, kind: int, name: int, t0: float, duration: float, extra: float, start: float
-    ) -> tuple[Any, ...]:
+    def _step(self, code: int, t0: float, duration: float) -> tuple[Any, ...]:
+        kind, number = code & 15, code >> _NUMBER_SHIFT
+        label, _ = _step_name(code, self.names, self.task_labels)
         if kind == K_TASK_STEP:
-            number = int(extra)
-            return ("task-step", t0, duration, self._task(number), "task", number)
-        label = self.names[name] if name < len(self.names) else "<other>"
+            return ("task-step", t0, duration, label, "task", number)
         if kind == K_IO:
-            return ("io", t0, duration, label, "fd", int(extra))
+            return ("io", t0, duration, label, "fd", number >> 2)
         if kind == K_TIMER:
-            return ("timer", t0, duration, label, "lateness", start - extra)
+            return ("timer", t0, duration, label, "lateness", number / 1e6)
         return ("callback", t0, duration, label)
 
     def recorder(self) -> TraceRecorder:
@@ -649,8 +701,8 @@ class FlightSnapshot:
         records: list[tuple[Any, ...]] = []
         for record in self.records():
             if record[0] == "timer":  # the firing, then the callback, as the recorder has them
-                records.append(("timer-fired", record[1], None, record[3], *record[4:]))
-                records.append(record[:4])
+                records.append(("timer-fired", record[1], None, record[3], *record[4:6]))
+                records.append((*record[:4], *record[6:]))
             else:
                 records.append(record)
         recorder = TraceRecorder(max(1, len(records)))
@@ -684,6 +736,11 @@ class FlightSnapshot:
     def write(self, path: str | PathLike[str]) -> Path:
         """Write the snapshot as a trace file (the format of ``--trace``); return the path."""
         return write_trace(self.recorder(), path, extra=self.other_data())
+
+
+def _finish_group(group: list[Any]) -> list[tuple[Any, ...]]:
+    """An iteration's records, those built as lists made tuples like the others."""
+    return [tuple(record) if isinstance(record, list) else record for record in group]
 
 
 # ----------------------------------------------------------------------
@@ -749,17 +806,17 @@ class _Watchdog:
             if limiter.allow():
                 snap = flight.snapshot()
                 if snap.running is not None:
-                    code, start, extra = snap.running
-                    snap.stall = self.stall_info(code, start, snap.now, extra, unfinished=True)
+                    code, start = snap.running
+                    snap.stall = self.stall_info(code, start, snap.now, unfinished=True)
                     self.write(snap)
         return True
 
     def stall_info(
-        self, code: float, start: float, end: float, extra: float, *, unfinished: bool
+        self, code: int, start: float, end: float, *, unfinished: bool
     ) -> dict[str, Any]:
         """The stall, for ``otherData.stall`` and the stall's mark in the trace."""
         flight = self.flight()
-        name, task = flight.step_name(code, extra) if flight is not None else ("?", None)
+        name, task = flight.step_name(code) if flight is not None else ("?", None)
         sampled = self.sampled
         stack = sampled[1] if sampled is not None and sampled[0] == start else []
         return {

@@ -517,6 +517,7 @@ class Loop(
             return
         if self._hooks is not None:
             self._hooks.call("loop_closed", self)
+        self.stop_flight_recorder()  # (the stall dumps it has taken are written first)
         self._closed = True
         self._ready.clear()
         self._deadlines.clear()

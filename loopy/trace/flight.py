@@ -118,10 +118,9 @@ _MAX_NUMBER = (1 << 33) - 1
 
 # Kinds: the low four bits of a slot's code.  The first four are steps.
 K_CALLBACK, K_TASK_STEP, K_IO, K_TIMER = 0, 1, 2, 3
-# An iteration begins with its wait: two slots, (code, start) and
-# (timeout or -1.0 for none, end); the code's number is the ready queue's
-# length << 16 | the watched descriptors, each at most 65535.  It ends
-# with the last step before the next wait.
+# An iteration begins with its wait: two slots, (K_WAIT, start) and
+# (timeout or -1.0 for none, end).  It ends with the last step before the
+# next wait.
 K_WAIT = 4
 K_TASK_CREATED, K_TASK_SEEN, K_TASK_DONE = 7, 8, 9  # number: the task's
 # More about the event before: a parent task's number, an outcome...
@@ -307,16 +306,13 @@ class FlightRecorder:
         clock = self.clock
         t_prev = clock()
         ready = loop._ready
-        watches = loop._watches
         io_from = self.io_from
         # The wait: two slots, written at once.
-        fds = len(watches)
-        counts = (io_from if io_from < 0xFFFF else 0xFFFF) << 16 | (fds if fds < 0xFFFF else 0xFFFF)
         i = self.i
         if i > self.end - 2 * SLOT:
             i = self.wrap()
         ring = self.ring
-        ring[i] = K_WAIT | counts << _NUMBER_SHIFT
+        ring[i] = K_WAIT
         ring[i + 1] = self.wait_start
         ring[i + 2] = -1.0 if timeout is None else timeout
         ring[i + 3] = t_prev
@@ -325,6 +321,7 @@ class FlightRecorder:
         io_numbers = []
         if polled:
             _, readable, writable = loop._readiness
+            watches = loop._watches
             for fd, events in polled:
                 watch = watches[fd]
                 if events & readable and watch.reader is not None:
@@ -363,7 +360,7 @@ class FlightRecorder:
                 task = None
                 if code < 0:
                     task = callback.__self__
-                    number = tasks_get(id(task)) or self._first_sight(task)
+                    number = tasks_get(id(task)) or self._first_sight(task, t_prev)
                     code = number << _NUMBER_SHIFT | K_TASK_STEP
                 elif k < io_from:
                     pass  # a callback: its code is its name's
@@ -428,7 +425,7 @@ class FlightRecorder:
         self._name_index[key] = index << _NAME_SHIFT
         return index << _NAME_SHIFT
 
-    def _number(self, task: Any, kind: int, parent: int) -> int:
+    def _number(self, task: Any, kind: int, parent: int, now: float) -> int:
         number = self._next_task
         self._next_task += 1
         task_id = id(task)
@@ -442,23 +439,25 @@ class FlightRecorder:
 
         self._task_refs[number] = weakref.ref(task, forget)
         self.task_labels[number] = task_label(task)
-        now = self.clock()
         self.add(kind | (number & _MAX_NUMBER) << _NUMBER_SHIFT, now)
         if parent:
             self.add(K_ARG | (parent & _MAX_NUMBER) << _NUMBER_SHIFT, now)
         self._forget_old_tasks()
         return number
 
-    def _first_sight(self, task: Any) -> int:
-        """A task the recorder had not seen (built directly, or before it started)."""
-        return self._number(task, K_TASK_SEEN, 0)
+    def _first_sight(self, task: Any, now: float) -> int:
+        """A task the recorder had not seen (built directly, or before it started).
+
+        Seen ``now``: when the step about to run begins.
+        """
+        return self._number(task, K_TASK_SEEN, 0, now)
 
     def task_created(self, task: Any, parent: Any) -> None:
         """``create_task`` made ``task``, from ``parent`` (a task, or None)."""
         if id(task) in self._task_numbers or task.done():
             return  # seen already (an eager first step), or done before we could look
         parent_number = self._task_numbers.get(id(parent), 0) if is_task(parent) else 0
-        self._number(task, K_TASK_CREATED, parent_number)
+        self._number(task, K_TASK_CREATED, parent_number, self.clock())
 
     def _task_done(self, task: Any, number: int) -> None:
         result, error = outcome(task)
@@ -496,7 +495,7 @@ class FlightRecorder:
         i, buf = self.i, self.buf
         if self.wrapped:
             slots = buf[i:]
-            slots.frombytes(self.ring[:i])
+            slots.frombytes(self.ring[:i].cast("B"))
         else:
             slots = buf[:i]
         start = self.running
@@ -520,15 +519,23 @@ class FlightRecorder:
         watchdog = self._watchdog
         if watchdog is None or watchdog.dumped == start or not limiter.allow():
             return
+        self.running = -1.0  # (the step is over; the next one sets it again)
         snap = self.snapshot()
         snap.stall = watchdog.stall_info(code, start, end, unfinished=False)
         watchdog.jobs.put(snap)
 
     def stop(self) -> None:
-        """Stop the watchdog thread, if any (the loop forgets the recorder itself)."""
-        if self._watchdog is not None:
-            self._watchdog.jobs.put(None)
-            self._watchdog = None
+        """Stop the watchdog thread, if any, once it wrote the dumps it was given.
+
+        (The loop forgets the recorder itself.)  Waits at most 10 s: a dump
+        taken on the loop's thread at a stall's end must not be lost
+        because the program exits right after the stall.
+        """
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.jobs.put(None)
+            if watchdog.thread is not threading.current_thread():
+                watchdog.thread.join(10.0)
 
     def step_name(self, code: int) -> tuple[str, str | None]:
         """The name of a step from its code, and its task's label (or None)."""
@@ -640,10 +647,6 @@ class FlightSnapshot:
                 j += SLOT
                 if t < begin:
                     continue
-                group.append(
-                    ("counters", t - begin, None, "counters",
-                     "ready", number >> 16, "fds", number & 0xFFFF)
-                )  # fmt: skip
                 wait = ["wait", t - begin, last - t, "wait",
                         "timeout", None if timeout < 0 else timeout, "ready", []]  # fmt: skip
                 group.append(wait)
@@ -673,7 +676,7 @@ class FlightSnapshot:
             group.append(
                 ("stall", stall["started"] - begin, None, stall["step"],
                  "duration_ms", stall["duration_ms"], "unfinished", stall["unfinished"],
-                 "task", stall["task"])
+                 "task_name", stall["task"])
             )  # fmt: skip
         yield from _finish_group(group)
 

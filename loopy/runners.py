@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from .loop import Loop, new_event_loop
@@ -50,7 +50,7 @@ def run(
     longer than that many seconds (10 s kept if only it is given; see
     :meth:`Loop.start_flight_recorder`).
     """
-    factory = functools.partial(new_event_loop, tasks=tasks)
+    factory: Callable[[], Loop] = functools.partial(new_event_loop, tasks=tasks)
     if flight_recorder is not None or dump_on_stall is not None:
         seconds = flight_recorder if flight_recorder is not None else 10.0
 

@@ -75,7 +75,8 @@ def test_a_dump_holds_the_last_seconds_and_nothing_older(vloop: Any, tmp_path: P
     assert other["limited_by"] == "seconds"
     assert trace["otherData"]["duration_us"] == pytest.approx(5e6)
     stamps = [e["ts"] for e in trace["traceEvents"] if e["ph"] != "M"]
-    assert min(stamps) >= 0 and max(stamps) <= 5e6
+    assert min(stamps) >= 0
+    assert max(stamps) <= 5e6
     # One wake-up a second: about five of the twenty in the window.
     steps = [e for e in events(trace, "task-step") if "ticker" in e["name"]]
     assert 4 <= len(steps) <= 6
@@ -108,7 +109,8 @@ def test_a_full_ring_keeps_the_newest_events_and_says_so(vloop: Any, tmp_path: P
     assert 0 < other["span_s"] < 100
     # The newest wake-ups are there; the earliest are long gone.
     steps = events(trace, "task-step")
-    assert steps and max(e["ts"] for e in steps) >= other["span_s"] * 1e6 - 1.5e6
+    assert steps
+    assert max(e["ts"] for e in steps) >= other["span_s"] * 1e6 - 1.5e6
 
 
 def test_the_ring_grows_while_the_window_needs_it(vloop: Any) -> None:
@@ -209,22 +211,22 @@ def test_an_unretrieved_exception_is_reported_as_soon_as_without_the_recorder(
 
 def test_a_resource_warning_comes_when_the_socket_is_dropped(loop: Any) -> None:
     loop.start_flight_recorder(10)
-    warned: list[str] = []
 
     def drop_it() -> None:
         sock = socket.socket()
         loop.call_soon(lambda s=sock: None)
 
-    with pytest.warns(ResourceWarning) as caught:
+    def run_twice() -> None:
         loop.call_soon(drop_it)
-        gc.disable()
-        try:
-            loop.run_until_complete(asyncio.sleep(0))
-            loop.run_until_complete(asyncio.sleep(0))
-            warned = [str(w.message) for w in caught]
-        finally:
-            gc.enable()
-    assert any("unclosed" in text for text in warned)
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.run_until_complete(asyncio.sleep(0))
+
+    gc.disable()  # by reference counting, while the loop runs: not at some later collection
+    try:
+        with pytest.warns(ResourceWarning, match="unclosed"):
+            run_twice()
+    finally:
+        gc.enable()
 
 
 # ----------------------------------------------------------------------
@@ -292,8 +294,9 @@ def test_a_dump_reads_with_the_summary_and_passes_the_format_checker(
     assert last["ts"] + last["dur"] == pytest.approx(trace["otherData"]["duration_us"], abs=1)
     names = {e["name"] for e in events(trace, "callback")}
     assert "print" in names  # a partial, by the function it wraps
-    reads = [e for e in events(trace, "io", "i")]
-    assert reads and reads[0]["args"]["events"] == "read"
+    reads = list(events(trace, "io", "i"))
+    assert reads
+    assert reads[0]["args"]["events"] == "read"
     summary = summarize(load_trace(path))
     assert summary.tasks_seen >= 4
     assert cli_main(["trace", "summary", str(path)]) == 0
@@ -454,7 +457,8 @@ def test_a_300_ms_step_writes_a_dump_with_the_step_its_task_and_the_stack(
     files, stderr = run_stalls(tmp_path, 0.3, tasks=tasks)
     assert len(files) == 1
     logged = [line for line in stderr.splitlines() if "loopy: the loop was blocked" in line]
-    assert len(logged) == 1 and str(files[0]) in logged[0]
+    assert len(logged) == 1
+    assert str(files[0]) in logged[0]
     trace = json.loads(files[0].read_text())
     check_trace(trace)
     load_trace(files[0])
@@ -491,7 +495,8 @@ def test_a_step_still_running_after_ten_thresholds_is_dumped_unfinished(tmp_path
     assert last["name"] == "Task blocker (coro: blocker)"
     assert last["dur"] >= 1e6
     logged = [line for line in stderr.splitlines() if "loopy: the loop was" in line]
-    assert len(logged) == 1 and "still blocked" in logged[0]
+    assert len(logged) == 1
+    assert "still blocked" in logged[0]
 
 
 def test_two_stalls_in_ten_seconds_write_one_file(tmp_path: Path) -> None:

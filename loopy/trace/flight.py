@@ -212,7 +212,8 @@ class FlightRecorder:
         self.max_events = max_bytes // _SLOT_BYTES
         self.capacity = min(_INITIAL_EVENTS, self.max_events)
         self.buf = array("d", bytes(self.capacity * _SLOT_BYTES))
-        self.ring = memoryview(self.buf)
+        # (Typed Any: typeshed's memoryview takes only ints, a 'd' view floats too.)
+        self.ring: Any = memoryview(self.buf)
         self.end = self.capacity * SLOT
         self.i = 0
         self.wrapped = False
@@ -344,6 +345,7 @@ class FlightRecorder:
                 # itself (that would keep a closure, and what it holds,
                 # alive): the id of its code, which _intern keeps alive.
                 kind = type(callback)
+                key: Any
                 if kind is _METHOD:
                     key = id(callback.__func__.__code__)
                 elif kind is _FUNCTION:
@@ -404,7 +406,7 @@ class FlightRecorder:
             self.running = -1.0
             # (As in _run_once: a traceback through a callback keeps this
             # frame, and these would make reference cycles.)
-            handle = callback = task = None  # type: ignore[assignment]
+            handle = callback = task = None
 
     # ------------------------------------------------------------------
     # Names and tasks (slow paths: once per function, once per task)

@@ -502,3 +502,25 @@ def test_a_step_still_running_after_ten_thresholds_is_dumped_unfinished(tmp_path
 def test_two_stalls_in_ten_seconds_write_one_file(tmp_path: Path) -> None:
     files, _ = run_stalls(tmp_path, 0.3, 0.3)
     assert len(files) == 1
+
+
+def test_a_task_is_named_as_it_is_called_at_dump_time(loop: Any, tmp_path: Path) -> None:
+    flight = loop.start_flight_recorder(10)
+
+    async def work() -> None:
+        await asyncio.sleep(0)
+
+    async def main() -> None:
+        finished = asyncio.get_running_loop().create_task(work())
+        finished.set_name("renamed-then-finished")  # as TaskGroup names its tasks
+        await finished
+        running = asyncio.get_running_loop().create_task(asyncio.sleep(10))
+        await asyncio.sleep(0)
+        running.set_name("renamed-while-running")
+        trace = dump(flight.snapshot(), tmp_path / "names.json")
+        names = {e["name"] for e in events(trace, "task", "b")}
+        assert "Task renamed-then-finished (coro: work)" in names
+        assert "Task renamed-while-running (coro: sleep)" in names
+        running.cancel()
+
+    loop.run_until_complete(main())

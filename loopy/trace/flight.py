@@ -398,7 +398,7 @@ class FlightRecorder:
                 if task is not None and task.done():
                     self._task_done(task, number)
                 if t - t_prev > stall_after:
-                    self._stalled(code, t_prev, t)
+                    self._stalled(code, t_prev, t, task)
                 t_prev = t
         finally:
             # Between steps, nothing runs.  (Steps follow each other without
@@ -462,6 +462,7 @@ class FlightRecorder:
         self._number(task, K_TASK_CREATED, parent_number, self.clock())
 
     def _task_done(self, task: Any, number: int) -> None:
+        self.task_labels[number] = task_label(task)  # its last name (TaskGroup names tasks late)
         result, error = outcome(task)
         name = 0
         if error is not None:  # named by its type: reprs are too many to keep
@@ -505,7 +506,7 @@ class FlightRecorder:
         return FlightSnapshot(
             slots=slots,
             names=self.names,
-            task_labels=self.task_labels,
+            task_labels=_Labels(self.task_labels, self._task_refs),
             now=self.clock(),
             wall=time.time(),
             seconds=self.seconds,
@@ -516,13 +517,15 @@ class FlightRecorder:
             running=running,
         )
 
-    def _stalled(self, code: int, start: float, end: float) -> None:
+    def _stalled(self, code: int, start: float, end: float, task: Any) -> None:
         """A step held the loop longer than the threshold: dump, unless dumped or limited."""
         watchdog = self._watchdog
         if watchdog is None or watchdog.dumped == start or not limiter.allow():
             return
         self.running = -1.0  # (the step is over; the next one sets it again)
         snap = self.snapshot()
+        if task is not None:  # (its name now: a program may rename a task after creating it)
+            self.task_labels[code >> _NUMBER_SHIFT] = task_label(task)
         snap.stall = watchdog.stall_info(code, start, end, unfinished=False)
         watchdog.jobs.put(snap)
 
@@ -541,15 +544,39 @@ class FlightRecorder:
 
     def step_name(self, code: int) -> tuple[str, str | None]:
         """The name of a step from its code, and its task's label (or None)."""
-        return _step_name(code, self.names, self.task_labels)
+        return _step_name(code, self.names, _Labels(self.task_labels, self._task_refs))
 
 
-def _step_name(code: int, names: list[str], labels: dict[int, str]) -> tuple[str, str | None]:
+class _Labels:
+    """Task labels by number, at dump time: a live task's as it is now, else the one kept.
+
+    A task's name can change after it was first seen (``TaskGroup`` names
+    its tasks after creating them; ``set_name``), so a live task is asked
+    again, through the weak reference the recorder keeps (a read, safe from
+    any thread).  Each label is looked up once per dump.
+    """
+
+    def __init__(self, kept: dict[int, str], refs: dict[int, weakref.ref[Any]]) -> None:
+        self.kept, self.refs = kept, refs
+        self.cache: dict[int, str] = {}
+
+    def get(self, number: int) -> str:
+        label = self.cache.get(number)
+        if label is None:
+            ref = self.refs.get(number)
+            task = ref() if ref is not None else None
+            label = task_label(task) if task is not None else None
+            if label is None:
+                label = self.kept.get(number, f"Task #{number}")
+            self.cache[number] = label
+        return label
+
+
+def _step_name(code: int, names: list[str], labels: _Labels) -> tuple[str, str | None]:
     """A step's name and its task's label (None for a callback), from its code."""
     kind, name = code & 15, (code >> _NAME_SHIFT) & 0xFFFF
     if kind == K_TASK_STEP:
-        number = code >> _NUMBER_SHIFT
-        label = labels.get(number, f"Task #{number}")
+        label = labels.get(code >> _NUMBER_SHIFT)
         return label, label
     return names[name] if name < len(names) else "<other>", None
 
@@ -584,7 +611,7 @@ class FlightSnapshot:
 
     slots: array[float]
     names: list[str]
-    task_labels: dict[int, str]
+    task_labels: _Labels
     now: float  # loop time of the snapshot
     wall: float  # time.time() at the same moment
     seconds: float  # the window asked for
@@ -655,7 +682,7 @@ class FlightSnapshot:
             elif kind in (K_TASK_CREATED, K_TASK_SEEN, K_TASK_DONE):
                 if t < begin:
                     continue
-                label = labels.get(number, f"Task #{number}")
+                label = labels.get(number)
                 if kind == K_TASK_DONE:
                     name = (code >> _NAME_SHIFT) & 0xFFFF
                     error = names[name] if name else None

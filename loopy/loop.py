@@ -263,9 +263,6 @@ class Loop(
         # 2. Wait for I/O, and queue the callbacks of the descriptors that are ready.
         watches = self._watches
         poll, readable, writable = self._readiness
-        flight = self._flight  # [flight recorder]
-        if flight is not None:
-            flight.wait_start = self._clock()
         if timeout == 0 and len(watches) == 1 and not self._signal_handlers:
             # Only the wake-up socket is watched, and it carries nothing we
             # could miss (threadsafe callbacks are queued already): skip the
@@ -279,7 +276,8 @@ class Loop(
             polled = poll(timeout)
             if hooks.wait_finished:
                 hooks.call("wait_finished", self, self._ready_masks(polled))
-        if flight is not None:  # [flight recorder] where the handles of `polled` will be
+        flight = self._flight  # [flight recorder] where the handles of `polled` will be
+        if flight is not None:
             flight.io_from = len(ready)
         for fd, events in polled:
             watch = watches[fd]  # (every descriptor the selector knows is in _watches)

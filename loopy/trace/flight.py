@@ -222,9 +222,9 @@ class FlightRecorder:
         self.pid = os.getpid()
         self.started = self.clock()  # nothing is older: a dump begins here at the earliest
         self.task_mode: str | None = getattr(loop, "task_mode", None)
-        # Set by _run_once: when its wait began, and where in the ready
-        # queue the handles step 2 queues for the descriptors begin.
-        self.wait_start = 0.0
+        # Where the next wait begins (the end of the last step), and where
+        # in the ready queue the handles step 2 queues begin (_run_once sets it).
+        self.wait_start = self.started
         self.io_from = 0
         self.running = -1.0
         self.step_code = 0
@@ -298,11 +298,13 @@ class FlightRecorder:
         The same loop as the unrecorded one in ``Loop._run_once`` (keep the
         two alike), with the iteration's wait and each callback's end time,
         name and task or descriptor written into the ring.  ``_run_once``
-        set ``wait_start`` before its wait and ``io_from`` (the length of
-        the ready queue) before step 2 queued the handles of the
-        descriptors in ``polled``; step 2's rule is replayed here to know
-        which handle is whose.  The wait is taken to end here (after step 2
-        queued its handles and step 3 its timers): one clock read less.
+        set ``io_from`` (the length of the ready queue) before step 2 queued
+        the handles of the descriptors in ``polled``; step 2's rule is
+        replayed here to know which handle is whose.  Two clock reads are
+        saved per iteration: the wait is taken to begin where the last
+        iteration's last step ended (steps 1 and, between two runs of the
+        loop, the time it was not running count as waiting) and to end here
+        (after step 2 queued its handles and step 3 its timers).
         """
         clock = self.clock
         t_prev = clock()
@@ -404,6 +406,7 @@ class FlightRecorder:
             # Between steps, nothing runs.  (Steps follow each other without
             # a gap, so once per iteration is enough.)
             self.running = -1.0
+            self.wait_start = t_prev  # where the next iteration's wait begins
             # (As in _run_once: a traceback through a callback keeps this
             # frame, and these would make reference cycles.)
             handle = callback = task = None

@@ -524,3 +524,59 @@ def test_a_task_is_named_as_it_is_called_at_dump_time(loop: Any, tmp_path: Path)
         running.cancel()
 
     loop.run_until_complete(main())
+
+
+def test_labels_of_tasks_dead_longer_than_the_window_are_forgotten(vloop: Any) -> None:
+    flight = vloop.start_flight_recorder(2)
+
+    async def short() -> None:
+        await asyncio.sleep(0)
+
+    async def main() -> None:
+        await asyncio.get_running_loop().create_task(short())
+        await asyncio.sleep(5)  # the first task is long dead: no dump can name it
+        await asyncio.get_running_loop().create_task(short())
+
+    vloop.run_until_complete(main())
+    assert sorted(flight.task_labels) == [1, 3]  # main, and the newest
+
+
+def test_past_the_most_names_a_callback_is_other(
+    loop: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr("loopy.trace.flight.MAX_NAMES", 2)  # "<other>" and one more
+    flight = loop.start_flight_recorder(10)
+
+    def first() -> None:
+        pass
+
+    def second() -> None:
+        pass
+
+    loop.call_soon(first)
+    loop.call_soon(second)
+    loop.run_until_complete(asyncio.sleep(0))
+    trace = dump(flight.snapshot(), tmp_path / "names.json")
+    names = [e["name"] for e in events(trace, "callback")]
+    assert names[:2] == ["test_past_the_most_names_a_callback_is_other.<locals>.first", "<other>"]
+
+
+def test_a_dump_that_cannot_be_written_is_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("loopy.trace.flight.limiter", DumpLimiter())  # this test's own count
+    loop = loopy.new_event_loop()
+    flight = loop.start_flight_recorder(10, dump_on_stall=0.01, dump_dir=tmp_path / "gone")
+
+    async def main() -> None:
+        import time  # noqa: PLC0415
+
+        time.sleep(0.05)
+
+    with caplog.at_level(logging.WARNING, logger="loopy"):
+        loop.run_until_complete(main())
+        loop.close()  # waits for the watchdog to have tried
+    assert flight._watchdog is None
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1
+    assert "could not write the stall dump" in messages[0]

@@ -12,10 +12,11 @@ descriptors it found ready, every callback and task step (with what it
 runs), how late each timer fired, and when tasks were created, first seen
 and finished.  How, cheaply:
 
-* **Inline, not through hooks.**  ``Loop._run_once`` checks ``self._flight``
-  three times per iteration; when it is set, step 4 (running the ready
-  callbacks) is :meth:`FlightRecorder.run_ready`, the same loop with the
-  recording written into it.
+* **Inline, not through hooks.**  ``Loop._run_once`` reads ``self._flight``
+  once per iteration; when it is set, it notes where step 2's handles
+  begin in the ready queue, and step 4 (running the ready callbacks) is
+  :meth:`FlightRecorder.run_ready`, the same loop with the recording
+  written into it.
 * **Two numbers per callback.**  The ring is one preallocated
   ``array('d')`` of two-number slots ``(code, time)``, written through a
   ``memoryview`` (an array's own item assignment costs twice as much).
@@ -127,6 +128,10 @@ K_TASK_CREATED, K_TASK_SEEN, K_TASK_DONE = 7, 8, 9  # number: the task's
 K_ARG = 10
 K_PAD = 11  # nothing: a slot left at the end of the ring
 _OUTCOMES = ("result", "exception", "cancelled")
+# An I/O step's code, but for its name: descriptor * 4 + 1 (read) or 2 (write).
+_FD_SHIFT = _NUMBER_SHIFT + 2
+_IO_READ = 1 << _NUMBER_SHIFT | K_IO
+_IO_WRITE = 2 << _NUMBER_SHIFT | K_IO
 
 # The types a callback usually is, for the cheap key of its name.
 _METHOD = types.MethodType
@@ -190,7 +195,7 @@ class FlightRecorder:
     # Slots: attribute access on the hot path is then a fixed offset
     # (CPython stops sharing the keys of an instance dict this large).
     __slots__ = (
-        "__weakref__", "_codes", "_dead_tasks", "_loop", "_name_index", "_next_task",
+        "__weakref__", "_codes", "_dead_tasks", "_hot", "_loop", "_name_index", "_next_task",
         "_task_numbers", "_task_refs", "_watchdog", "buf", "capacity", "clock", "dump_dir",
         "end", "i", "io_from", "max_events", "names", "pid", "ring", "running",
         "seconds", "stall_after", "started", "step_code", "task_labels", "task_mode",
@@ -249,6 +254,12 @@ class FlightRecorder:
         if dump_on_stall is not None:
             self.stall_after = _positive("dump_on_stall", dump_on_stall)
             self._watchdog = _Watchdog(self, loop)
+        # What run_ready needs each iteration, in one tuple: one load, not six.
+        _, readable, writable = loop._readiness
+        self._hot = (
+            self.clock, self._name_index.get, self._task_numbers.get, self.stall_after,
+            readable, writable,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------
     # Writing (the loop's thread)
@@ -306,7 +317,7 @@ class FlightRecorder:
         loop, the time it was not running count as waiting) and to end here
         (after step 2 queued its handles and step 3 its timers).
         """
-        clock = self.clock
+        clock, names_get, tasks_get, stall_after, readable, writable = self._hot
         t_prev = clock()
         ready = loop._ready
         io_from = self.io_from
@@ -323,19 +334,15 @@ class FlightRecorder:
         # Each I/O handle's number: its descriptor times 4, plus 1 for read, 2 for write.
         io_numbers = []
         if polled:
-            _, readable, writable = loop._readiness
             watches = loop._watches
             for fd, events in polled:
                 watch = watches[fd]
                 if events & readable and watch.reader is not None:
-                    io_numbers.append((fd * 4 + 1) << _NUMBER_SHIFT | K_IO)
+                    io_numbers.append(fd << _FD_SHIFT | _IO_READ)
                 if events & writable and watch.writer is not None:
-                    io_numbers.append((fd * 4 + 2) << _NUMBER_SHIFT | K_IO)
+                    io_numbers.append(fd << _FD_SHIFT | _IO_WRITE)
         io_end = io_from + len(io_numbers)
         popleft = ready.popleft
-        names_get = self._name_index.get
-        tasks_get = self._task_numbers.get
-        stall_after = self.stall_after
         observed = loop._debug or (hooks is not None and hooks.watches_callbacks)
         try:
             for k in range(len(ready)):

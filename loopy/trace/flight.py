@@ -619,7 +619,7 @@ def _positive(what: str, value: Any) -> float:
 class FlightSnapshot:
     """A copy of a recorder's ring at one moment: :meth:`write` makes it a trace file."""
 
-    slots: array[float]
+    slots: Any  # array("d"): the used slots of the ring, oldest first
     names: list[str]
     task_labels: _Labels
     now: float  # loop time of the snapshot

@@ -22,7 +22,8 @@ The JSON written to ``--json`` has this structure::
       "benchmarks": {
         "<id>": {                      # echo/<mode>/<size>, http/aiohttp, micro/<name>,
                                        # memory/idle_conn/<mode>, memory/timer,
-                                       # instrument/echo/protocol/<size>, instrument/micro/call_soon
+                                       # instrument/echo/protocol/<size>,
+                                       # instrument/micro/call_soon, flight/echo/protocol/<size>
           "title", "group", "params",
           "baseline": "asyncio",       # "loopy" for the instrument benchmarks
           "primary": "<metric>",       # the figure the plot shows

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import weakref
 from pathlib import Path
 from typing import Any
@@ -580,3 +581,32 @@ def test_a_dump_that_cannot_be_written_is_one_warning(
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 1
     assert "could not write the stall dump" in messages[0]
+
+
+def test_the_monitor_can_snapshot_from_its_thread_and_get_the_file_as_bytes(
+    loop: Any, tmp_path: Path
+) -> None:
+    from loopy.trace.flight import snapshot  # noqa: PLC0415
+
+    assert snapshot(loop) is None  # no recorder
+    loop.start_flight_recorder(10)
+    taken: list[FlightSnapshot | None] = []
+
+    async def main() -> None:
+        thread = threading.Thread(target=lambda: taken.append(snapshot(loop)))
+        thread.start()
+        while thread.is_alive():
+            await asyncio.sleep(0.001)  # the loop runs while the other thread copies
+        thread.join()
+
+    loop.run_until_complete(tick_for(0))
+    loop.run_until_complete(main())
+    snap = taken[0]
+    assert snap is not None
+    data = snap.trace_bytes()
+    path = tmp_path / "sent.json"
+    path.write_bytes(data)
+    trace = strict_json_loads(data)
+    check_trace(trace)
+    assert load_trace(path) == trace
+    assert any("ticker" in e["name"] for e in events(trace, "task", "b"))

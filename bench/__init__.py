@@ -15,7 +15,9 @@ Run it with ``uv run python -m bench`` (``--help`` lists the options,
   ``asyncio.sleep(0)``;
 * **memory**: RSS per idle connection and per pending timer;
 * **instrument overhead**: loopy as-is against loopy with a do-nothing
-  instrument attached.
+  instrument attached;
+* **flight recorder overhead** (``--flight``, off by default): loopy as-is
+  against loopy with its flight recorder on, Protocol echo at each size.
 
 Loops run interleaved within each round and every figure is compared with
 the baseline loop of the same round (``runner.py``); the medians, min-max and

@@ -22,7 +22,8 @@ The JSON written to ``--json`` has this structure::
       "benchmarks": {
         "<id>": {                      # echo/<mode>/<size>, http/aiohttp, micro/<name>,
                                        # memory/idle_conn/<mode>, memory/timer,
-                                       # instrument/echo/protocol/<size>, instrument/micro/call_soon
+                                       # instrument/echo/protocol/<size>,
+                                       # instrument/micro/call_soon, flight/echo/protocol/<size>
           "title", "group", "params",
           "baseline": "asyncio",       # "loopy" for the instrument benchmarks
           "primary": "<metric>",       # the figure the plot shows
@@ -159,6 +160,12 @@ def parser() -> argparse.ArgumentParser:
         help="loopy made watchable (LOOPY_MONITOR=1, nobody attached) vs not",
     )
     p.add_argument(
+        "--flight",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="loopy with its flight recorder on vs off (echo protocol; off by default)",
+    )
+    p.add_argument(
         "--pin",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -202,6 +209,7 @@ def make_config(args: argparse.Namespace) -> Config:
     config.memory = args.memory
     config.instrument = args.instrument
     config.monitor = args.monitor
+    config.flight = args.flight
     config.pin = args.pin
     config.verbose = not args.quiet
     return config

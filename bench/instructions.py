@@ -35,7 +35,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.loops import LOOPS
+from bench.loops import VARIANTS
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("protocol", "buffered", "streams")
@@ -125,7 +125,9 @@ def per_message(loop: str, mode: str, connections: int, size: int, messages: int
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
-    parser.add_argument("--loops", default="asyncio,uvloop,loopy", help="from " + ",".join(LOOPS))
+    parser.add_argument(
+        "--loops", default="asyncio,uvloop,loopy", help="from " + ",".join(VARIANTS)
+    )
     parser.add_argument("--modes", default="protocol", help="from " + ",".join(MODES))
     parser.add_argument("--sizes", default="100,1k,10k", help="from " + ",".join(SIZES))
     parser.add_argument("--connections", default="1,10", help="comma-separated counts")

@@ -13,6 +13,7 @@ name                 loop
                      switches it to its observed path
 ``loopy+monitor``    ``loopy`` made watchable (``LOOPY_MONITOR=1``: its
                      monitor thread listening, nobody attached)
+``loopy+flight``     ``loopy`` with its flight recorder on (10 s window)
 ===================  ====================================================
 """
 
@@ -23,7 +24,8 @@ import asyncio
 LOOPS = ("asyncio", "uvloop", "loopy", "loopy-own")
 INSTRUMENTED = "loopy+instrument"
 MONITORED = "loopy+monitor"
-VARIANTS = (*LOOPS, INSTRUMENTED, MONITORED)
+FLIGHT = "loopy+flight"
+VARIANTS = (*LOOPS, INSTRUMENTED, MONITORED, FLIGHT)
 
 
 class NullInstrument:
@@ -38,7 +40,7 @@ def new_loop(name: str) -> asyncio.AbstractEventLoop:
         import uvloop  # noqa: PLC0415 (optional, and only in its own server)
 
         return uvloop.new_event_loop()
-    if name in ("loopy", "loopy-own", INSTRUMENTED, MONITORED):
+    if name in ("loopy", "loopy-own", INSTRUMENTED, MONITORED, FLIGHT):
         import loopy  # noqa: PLC0415 (imported only by the processes that run it)
 
         loop = loopy.new_event_loop(tasks="loopy" if name == "loopy-own" else "asyncio")
@@ -48,6 +50,8 @@ def new_loop(name: str) -> asyncio.AbstractEventLoop:
             from loopy.monitor import watch  # noqa: PLC0415
 
             watch(loop)
+        if name == FLIGHT:
+            loop.start_flight_recorder(10.0)
         return loop
     raise ValueError(f"unknown loop {name!r}; choose from {', '.join(VARIANTS)}")
 

@@ -22,6 +22,7 @@ COLORS = {
     "loopy-own": "#6fb3e0",
     "loopy+instrument": "#f08a24",
     "loopy+monitor": "#2ca02c",
+    "loopy+flight": "#9467bd",
 }
 SECTION_TITLES = {
     "echo": "Echo servers: server CPU (user + system) per message",
@@ -30,6 +31,7 @@ SECTION_TITLES = {
     "memory": "Memory: RSS per idle connection / pending timer",
     "instrument": "Instrument overhead (baseline: loopy with no instrument)",
     "monitor": "Monitor overhead (baseline: loopy, not watchable)",
+    "flight": "Flight recorder overhead (baseline: loopy with it off)",
 }
 TICKS = (0.1, 0.2, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0, 20.0, 50.0)
 

@@ -25,6 +25,12 @@ ROWS_PER_GROUP: dict[str, list[tuple[str, str]]] = {
     "memory": [],  # the primary figure, bytes per connection or timer
     "instrument": [],  # the primary figure, plus msgs/s for the echo benchmark
     "monitor": [],  # the same
+    "flight": [
+        ("msgs_per_s", "msgs/s"),
+        ("cpu_us_per_msg", "CPU µs/msg"),
+        ("user_us_per_msg", "user µs/msg"),
+        ("sys_us_per_msg", "sys µs/msg"),
+    ],
 }
 ROWS_PER_GROUP["http"] = ROWS_PER_GROUP["echo"]
 
@@ -41,6 +47,7 @@ SECTIONS = [
     ("memory", "Memory: RSS growth"),
     ("instrument", "Instrument overhead: loopy with a do-nothing instrument vs loopy as-is"),
     ("monitor", "Monitor overhead: loopy made watchable (LOOPY_MONITOR=1) vs loopy as-is"),
+    ("flight", "Flight recorder overhead: loopy with its flight recorder on vs loopy as-is"),
 ]
 
 

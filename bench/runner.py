@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import client
-from bench.loops import INSTRUMENTED, MONITORED
+from bench.loops import FLIGHT, INSTRUMENTED, MONITORED
 from bench.proc import CLK_TCK, pick_cores, pin, rss_bytes
 from bench.report import format_value
 from bench.stats import paired_ratios, ratio_summary, summarize
@@ -95,6 +95,7 @@ class Config:
     timers_for_memory: int = 100_000
     instrument: bool = True
     monitor: bool = True
+    flight: bool = False  # the flight recorder's cost: loopy with it on vs off
     pin: bool = True
     verbose: bool = True
 
@@ -319,6 +320,8 @@ class Suite:
                 self.instrument_round(r)
             if config.monitor and "loopy" in config.loops:
                 self.monitor_round(r)
+            if config.flight and "loopy" in config.loops:
+                self.flight_round(r)
 
     def measure_memory(self, r: int) -> bool:
         return self.config.memory and (r == 0 or self.config.memory_every_round)
@@ -436,6 +439,29 @@ class Suite:
             for loop in variants:
                 bench.record(loop, r, self.measure_load(servers[loop], b"x" * size, echo=True))
         self.progress(r, bench)
+
+    def flight_round(self, r: int) -> None:
+        """loopy as-is against loopy with its flight recorder on: echo protocol, each size."""
+        variants = rotated(["loopy", FLIGHT], r)
+        with running_servers(variants, "protocol", self.server_core) as servers:
+            for size in self.config.sizes:
+                bench = self.benchmark(
+                    f"flight/echo/protocol/{size}",
+                    group="flight",
+                    title=f"flight recorder: echo protocol {format_size(size)}",
+                    primary="cpu_us_per_msg",
+                    metrics=ECHO_METRICS,
+                    params={
+                        "mode": "protocol",
+                        "size": size,
+                        "connections": self.config.connections,
+                    },
+                    variants=["loopy", FLIGHT],
+                    baseline="loopy",
+                )
+                for loop in variants:
+                    bench.record(loop, r, self.measure_load(servers[loop], b"x" * size, echo=True))
+                self.progress(r, bench)
 
     # -- single measurements -----------------------------------------------------
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +31,7 @@ from . import demo
 from .loop import TASK_MODE_ENV, TASK_MODES, Loop, new_event_loop, resolve_task_mode
 from .trace import format_summary, load_trace, render_viewer, summarize, trace_to_file
 from .trace.fileformat import TraceFileError, check_writable
+from .trace.flight import DEFAULT_SECONDS, DUMP_DIR_ENV
 from .trace.viewer import page_path
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(module)s %(threadName)s %(message)s"
@@ -125,6 +128,21 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="let `loopy top` watch this process (as LOOPY_MONITOR=1 does)",
     )
+    parser.add_argument(
+        "--flight-recorder",
+        metavar="S",
+        type=_seconds,
+        default=None,
+        help="keep the last S seconds of the loop's events in memory ($LOOPY_FLIGHT_RECORDER)",
+    )
+    parser.add_argument(
+        "--dump-on-stall",
+        metavar="S",
+        type=_seconds,
+        default=None,
+        help="write a trace of the last seconds when a step holds the loop over S seconds, "
+        "into $LOOPY_DUMP_DIR or here ($LOOPY_DUMP_ON_STALL)",
+    )
 
 
 def _run(options: argparse.Namespace) -> int:
@@ -151,6 +169,13 @@ def _run(options: argparse.Namespace) -> int:
     if options.trace:
         # Written when the loop closes (below): on Ctrl-C, SIGTERM and errors too.
         trace_to_file(loop, options.trace)
+    if options.flight_recorder is not None or options.dump_on_stall is not None:
+        # (Over what the environment asked for, if anything.)
+        loop.start_flight_recorder(
+            options.flight_recorder or DEFAULT_SECONDS,
+            dump_on_stall=options.dump_on_stall,
+            dump_dir=os.environ.get(DUMP_DIR_ENV) or None,
+        )
     try:
         with _logging_to_stderr(options.log_level):
             if options.monitor:
@@ -199,6 +224,13 @@ def _interval(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"must be {MIN_INTERVAL:g} to {MAX_INTERVAL:g} seconds, not {text}"
         )
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < math.inf:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text}")
     return value
 
 

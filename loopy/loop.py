@@ -75,6 +75,8 @@ if TYPE_CHECKING:
     # A descriptor number or an object with fileno(), as add_reader accepts.
     from _typeshed import FileDescriptorLike
 
+    from .trace.flight import FlightRecorder
+
 __all__ = ["TASK_MODES", "Loop", "new_event_loop"]
 
 _T = TypeVar("_T")
@@ -185,6 +187,9 @@ class Loop(
         self._current_handle: Handle | None = None
         self._exception_handler: Callable[[Any, dict[str, Any]], object] | None = None
         self._hooks: Hooks | None = None  # None while no instrument is attached
+        # The flight recorder (trace/flight.py), or None: _run_once and
+        # create_task write into it inline, when it is set.
+        self._flight: FlightRecorder | None = None
         # fd -> the transport that owns it; add_reader() and friends refuse those.
         self._transports: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
 
@@ -273,6 +278,9 @@ class Loop(
             polled = poll(timeout)
             if hooks.wait_finished:
                 hooks.call("wait_finished", self, self._ready_masks(polled))
+        flight = self._flight  # [flight recorder] where the handles of `polled` will be
+        if flight is not None:
+            flight.io_from = len(ready)
         for fd, events in polled:
             watch = watches[fd]  # (every descriptor the selector knows is in _watches)
             # An error or hang-up sets both bits: a direction nobody watches has no handle.
@@ -299,7 +307,13 @@ class Loop(
 
         # 4. Run exactly the callbacks that are ready now.  Anything they
         #    schedule lands behind them and waits for the next iteration.
-        #    This is the one place where callbacks are called.
+        #    This is the one place where callbacks are called (and its
+        #    recording twin, FlightRecorder.run_ready, when one is on).
+        if flight is not None:  # [flight recorder]
+            flight.run_ready(self, hooks, polled, timeout)
+            if hooks is not None and hooks.iteration_finished:
+                hooks.call("iteration_finished", self)
+            return
         popleft = ready.popleft
         # Instruments that watch callbacks, and debug mode, see each one.
         observed = self._debug or (hooks is not None and hooks.watches_callbacks)
@@ -503,6 +517,7 @@ class Loop(
             return
         if self._hooks is not None:
             self._hooks.call("loop_closed", self)
+        self.stop_flight_recorder()  # (the stall dumps it has taken are written first)
         self._closed = True
         self._ready.clear()
         self._deadlines.clear()
@@ -789,6 +804,8 @@ class Loop(
         if self._hooks is not None:
             self._hooks.call("task_created", self, task, asyncio.current_task(self))
             task.add_done_callback(self._report_task_finished)
+        if self._flight is not None:
+            self._flight.task_created(task, asyncio.current_task(self))
         return task
 
     def _report_task_finished(self, task: asyncio.Task[Any]) -> None:
@@ -946,6 +963,43 @@ class Loop(
         return tuple(self._hooks.instruments) if self._hooks is not None else ()
 
     # ------------------------------------------------------------------
+    # The flight recorder
+    # ------------------------------------------------------------------
+
+    def start_flight_recorder(
+        self,
+        seconds: float = 10.0,
+        *,
+        dump_on_stall: float | None = None,
+        dump_dir: str | os.PathLike[str] | None = None,
+    ) -> FlightRecorder:
+        """Keep the last ``seconds`` of the loop's events in memory (see ``trace/flight.py``).
+
+        With ``dump_on_stall``, a callback or task step that holds the loop
+        longer than that many seconds writes a trace of the window into
+        ``dump_dir`` (default: the current directory).  ValueError for a
+        number of seconds that is not above 0 and finite; a recorder already
+        running is replaced.
+        """
+        from .trace.flight import FlightRecorder  # noqa: PLC0415 - only if asked
+
+        recorder = FlightRecorder(self, seconds, dump_on_stall=dump_on_stall, dump_dir=dump_dir)
+        self.stop_flight_recorder()
+        self._flight = recorder
+        return recorder
+
+    def stop_flight_recorder(self) -> None:
+        """Stop recording (and stall dumps); what was recorded is dropped."""
+        flight, self._flight = self._flight, None
+        if flight is not None:
+            flight.stop()
+
+    @property
+    def flight_recorder(self) -> FlightRecorder | None:
+        """The flight recorder running on this loop, or None."""
+        return self._flight
+
+    # ------------------------------------------------------------------
     # Async generators
     # ------------------------------------------------------------------
     #
@@ -1072,6 +1126,10 @@ def _stop_loop_when_done(future: asyncio.Future[Any]) -> None:
 
 #: The environment variable naming a file to trace every new loop into.
 TRACE_ENV = "LOOPY_TRACE"
+#: The flight recorder's variables (see ``trace/flight.py``): seconds to keep,
+#: and a stall threshold in seconds (which starts the recorder too).
+FLIGHT_ENV = "LOOPY_FLIGHT_RECORDER"
+STALL_ENV = "LOOPY_DUMP_ON_STALL"
 
 
 def new_event_loop(*, tasks: str | None = None) -> Loop:
@@ -1083,7 +1141,9 @@ def new_event_loop(*, tasks: str | None = None) -> Loop:
 
     With ``LOOPY_TRACE=FILE`` in the environment, the loop is traced from
     birth and the trace written to FILE when it closes; ``ValueError`` if
-    FILE cannot be written (see ``trace/environment.py``).
+    FILE cannot be written (see ``trace/environment.py``).  With
+    ``LOOPY_FLIGHT_RECORDER=SECONDS`` or ``LOOPY_DUMP_ON_STALL=SECONDS`` it
+    starts with its flight recorder on (see ``trace/flight.py``).
     With ``LOOPY_MONITOR=1``, ``loopy top`` can watch it (see ``monitor/``).
     """
     loop = Loop(tasks=tasks)
@@ -1091,6 +1151,10 @@ def new_event_loop(*, tasks: str | None = None) -> Loop:
         from .trace.environment import trace_from_environment  # noqa: PLC0415 - only if asked
 
         trace_from_environment(loop)
+    if os.environ.get(FLIGHT_ENV) or os.environ.get(STALL_ENV):
+        from .trace.flight import flight_from_environment  # noqa: PLC0415 - only if asked
+
+        flight_from_environment(loop)
     if os.environ.get("LOOPY_MONITOR"):  # monitor/: LOOPY_MONITOR=1 makes it watchable
         from .monitor import watch_if_requested  # noqa: PLC0415 - imported only when asked for
 

@@ -12,7 +12,6 @@ Three ways to put an asyncio program on loopy, from the most explicit:
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -40,20 +39,29 @@ def run(
     debug: bool | None = None,
     tasks: str | None = None,
     monitor: bool = False,
+    flight_recorder: float | None = None,
+    dump_on_stall: float | None = None,
 ) -> _T:
     """Run ``main`` on a new loopy loop and close it, like :func:`asyncio.run`.
 
-    ``tasks`` picks the task mode (see :func:`loopy.new_event_loop`);
+    ``tasks`` picks the task mode (see :func:`loopy.new_event_loop`).
     ``monitor=True`` lets ``loopy top`` watch the loop (as ``LOOPY_MONITOR=1`` does).
+    ``flight_recorder`` keeps that many seconds of the loop's events in
+    memory and ``dump_on_stall`` writes them out when a step holds the loop
+    longer than that many seconds (10 s kept if only it is given; see
+    :meth:`Loop.start_flight_recorder`).
     """
-    factory = functools.partial(_watched_loop if monitor else new_event_loop, tasks=tasks)
+
+    def factory() -> Loop:
+        loop = new_event_loop(tasks=tasks)
+        if monitor:
+            from .monitor import watch  # noqa: PLC0415 - the monitor's code, only when asked for
+
+            watch(loop)
+        if flight_recorder is not None or dump_on_stall is not None:
+            seconds = flight_recorder if flight_recorder is not None else 10.0
+            loop.start_flight_recorder(seconds, dump_on_stall=dump_on_stall)
+        return loop
+
     with asyncio.Runner(debug=debug, loop_factory=factory) as runner:
         return runner.run(main)
-
-
-def _watched_loop(*, tasks: str | None) -> Loop:
-    loop = new_event_loop(tasks=tasks)
-    from .monitor import watch  # noqa: PLC0415 - the monitor's code, only when asked for
-
-    watch(loop)
-    return loop

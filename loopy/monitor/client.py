@@ -38,7 +38,7 @@ REFRESH = 1.0
 NUDGE_EVERY = 0.25
 MAX_ANSWER = 16 * 1024 * 1024  # bytes: a bigger answer is not from a loopy monitor
 
-NEEDS_RECORDER = "needs LOOPY_FLIGHT_RECORDER (not built yet)"
+NEEDS_RECORDER = "not shown yet (top does not read the flight recorder yet)"
 _CLEAR = "\x1b[H\x1b[2J"
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
 

@@ -16,6 +16,9 @@ The pieces, in the order you meet them:
 * ``summary.py``   :func:`summarize`/:func:`format_summary`: the figures of a
   saved trace (utilisation, slowest callbacks, timer lateness...)
 * ``viewer.py``    :func:`write_viewer`: a self-contained HTML timeline of a trace
+* ``flight.py``    the flight recorder: the loop's last seconds in bounded
+  memory, written inline by ``_run_once``, dumped as a trace on demand or
+  when a step stalls (``loop.start_flight_recorder``)
 * ``stalls.py``    :class:`StallDetector` (which callback blocked the loop)
   and :class:`LoadMonitor` (how busy the loop is, right now)
 * ``describe.py``  :func:`describe`: the loop's to-do list, as text
@@ -26,8 +29,8 @@ Typical use::
         await work()
     loopy.trace.write_viewer("trace.json")     # writes trace.html
 
-Everything here is built on the instrument hooks of ``instruments.py`` and
-costs nothing until attached.
+Everything here but the flight recorder is built on the instrument hooks of
+``instruments.py`` and costs nothing until attached.
 """
 
 from .describe import LoopSnapshot, describe, snapshot

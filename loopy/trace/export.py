@@ -57,6 +57,7 @@ from .fileformat import (
     TRACE_FORMAT,
     check_writable,
     encode_line,
+    json_safe,
     json_string,
     load_trace,
     replacing,
@@ -89,6 +90,7 @@ _INSTANTS = {
     "timer-scheduled": ("timer-scheduled", "t"),
     "signal": ("signal", "p"),
     "exception": ("exception", "t"),
+    "stall": ("stall", "t"),  # a flight recorder's stall dump: where the stalled step began
 }
 
 # A record of the recorder's buffer: (type, start, duration, name, key1, value1, ...).
@@ -460,17 +462,23 @@ class _Converter:
 # ----------------------------------------------------------------------
 
 
-def write_trace(recorder: TraceRecorder, path: str | PathLike[str]) -> Path:
+def write_trace(
+    recorder: TraceRecorder, path: str | PathLike[str], *, extra: dict[str, Any] | None = None
+) -> Path:
     """Write the recording to ``path`` as strict JSON, one event per line; return the path.
 
     Streamed from :func:`chrome_events`, and written under a temporary name
     that replaces ``path`` only once complete (see ``fileformat.py``).
+    ``extra`` goes into ``otherData`` beside the usual keys (the flight
+    recorder says there what span its dump covers).
     """
     path = Path(path)
     end = _end(recorder)
 
     def tail(unwritable: int) -> dict[str, Any]:
         other = _other_data(recorder, end)
+        if extra:
+            other.update(json_safe(extra))
         if unwritable:
             other["unwritable_events"] = unwritable
         return {"displayTimeUnit": "ms", "otherData": other}

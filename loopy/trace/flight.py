@@ -1,0 +1,976 @@
+"""The flight recorder: the loop's last seconds, kept in memory, cheap enough to leave on.
+
+A trace (``recorder.py``) records everything through the instrument hooks
+and costs several times the loop's own work; you turn it on to look at a
+problem you can reproduce.  The flight recorder is for the problem you
+cannot: it keeps recording, in bounded memory, and a dump written when
+something goes wrong (a stall, or ``loopy trace dump PID``) shows the
+seconds that led to it, in the same trace format as ``--trace``.
+
+What it records: every iteration, every wait in ``select()`` and the
+descriptors it found ready, every callback and task step (with what it
+runs), how late each timer fired, and when tasks were created, first seen
+and finished.  How, cheaply:
+
+* **Inline, not through hooks.**  ``Loop._run_once`` reads ``self._flight``
+  once per iteration; when it is set, it notes where step 2's handles
+  begin in the ready queue, and step 4 (running the ready callbacks) is
+  :meth:`FlightRecorder.run_ready`, the same loop with the recording
+  written into it.
+* **Two numbers per callback.**  The ring is one preallocated
+  ``array('d')`` of two-number slots ``(code, time)``, written through a
+  ``memoryview`` (an array's own item assignment costs twice as much).
+  ``code`` packs what happened into an integer below 2**53 (exact in a
+  double): its kind in the low 4 bits, the index of its name in
+  :attr:`FlightRecorder.names` in the next 16, and a number that belongs
+  to it above them (a task's number, a descriptor, a timer's lateness in
+  microseconds).  ``time`` is when it ended; a callback began when the
+  step before it in its iteration ended (the loop's few instructions in
+  between count as the callback's): one clock read per callback.
+* **No references.**  Names are interned once per function (the key is the
+  id of its code object, which is kept alive so that the id stays unique).
+  No handle, callback or task is referenced from the ring: a task dies
+  when the program drops it, and "Task exception was never retrieved" or
+  a ResourceWarning comes when it would without the recorder.  Tasks are
+  numbered by ``id()`` with a weak reference that forgets the number when
+  the task dies.
+* **Names and events at dump time.**  :meth:`FlightRecorder.snapshot` only
+  copies the used part of the ring (a ``memcpy`` or two); turning numbers
+  into names and trace events happens in :meth:`FlightSnapshot.write`,
+  which need not run on the loop's thread.
+
+Bounds: the ring starts small (256 KiB) and doubles when it wraps while its
+oldest event is still inside the window, up to ``max_bytes`` (64 MiB by
+default, four million events).  A dump covers the last ``seconds`` or what
+the ring holds, whichever is shorter, and says which
+(``otherData.flight_recorder``).
+
+Dump on stall: with a threshold, a watchdog thread (:class:`_Watchdog`)
+looks at the step running now (``running``, the start time the loop
+publishes before each callback) every quarter threshold; while one runs
+over the threshold it samples the loop thread's Python stack from
+``sys._current_frames()``.  When the step ends, the loop's thread takes a
+snapshot and the watchdog writes it, with the stalled step, its task and
+the stack (``otherData.stall``).  A step still running after ten times the
+threshold is dumped by the watchdog itself, marked unfinished.  At most one
+file per 10 s and 20 per process (:class:`DumpLimiter`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import logging
+import math
+import os
+import queue
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import types
+import weakref
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+from ..handles import TimerHandle, callback_name
+from ..loop import FLIGHT_ENV, STALL_ENV
+from .describe import callback_task, is_task, task_label
+from .export import write_trace
+from .recorder import TraceRecorder, outcome
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_SECONDS",
+    "DUMP_DIR_ENV",
+    "DumpLimiter",
+    "FlightRecorder",
+    "FlightSnapshot",
+    "flight_from_environment",
+    "snapshot",
+]
+
+logger = logging.getLogger("loopy")
+
+#: Where stall dumps go (default: the current directory).
+DUMP_DIR_ENV = "LOOPY_DUMP_DIR"
+
+#: The window when none is given (``LOOPY_DUMP_ON_STALL`` alone uses it).
+DEFAULT_SECONDS = 10.0
+#: The most memory the ring may take.
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
+# A slot is two doubles, (code, time); see the module docstring.
+SLOT = 2
+_SLOT_BYTES = SLOT * 8
+# The ring's first size, in events; it doubles as needed.
+_INITIAL_EVENTS = 16_384
+# At most this many distinct names (16 bits); later ones are "<other>".
+MAX_NAMES = 50_000
+# code = kind | name << 4 | number << 20; the number has 33 bits.
+_NAME_SHIFT = 4
+_NUMBER_SHIFT = 20
+_NUMBER = 1 << _NUMBER_SHIFT
+_MAX_NUMBER = (1 << 33) - 1
+
+# Kinds: the low four bits of a slot's code.  The first four are steps.
+K_CALLBACK, K_TASK_STEP, K_IO, K_TIMER = 0, 1, 2, 3
+# An iteration begins with its wait: two slots, (K_WAIT, start) and
+# (timeout or -1.0 for none, end).  It ends with the last step before the
+# next wait.
+K_WAIT = 4
+K_TASK_CREATED, K_TASK_SEEN, K_TASK_DONE = 7, 8, 9  # number: the task's
+# More about the event before: a parent task's number, an outcome...
+K_ARG = 10
+K_PAD = 11  # nothing: a slot left at the end of the ring
+_OUTCOMES = ("result", "exception", "cancelled")
+# An I/O step's code, but for its name: descriptor * 4 + 1 (read) or 2 (write).
+_FD_SHIFT = _NUMBER_SHIFT + 2
+_IO_READ = 1 << _NUMBER_SHIFT | K_IO
+_IO_WRITE = 2 << _NUMBER_SHIFT | K_IO
+
+# The types a callback usually is, for the cheap key of its name.
+_METHOD = types.MethodType
+_FUNCTION = types.FunctionType
+_BUILTIN = types.BuiltinMethodType
+_PARTIAL = functools.partial
+
+#: The stall dumps: one file per this many seconds at most, and at most
+#: ``MAX_DUMPS`` per process (a program that stalls all day must not fill a disk).
+DUMP_INTERVAL = 10.0
+MAX_DUMPS = 20
+
+
+class DumpLimiter:
+    """At most one dump per ``interval`` seconds and ``limit`` per process (thread-safe)."""
+
+    def __init__(
+        self,
+        interval: float = DUMP_INTERVAL,
+        limit: int = MAX_DUMPS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.interval = interval
+        self.limit = limit
+        self.clock = clock
+        self.written = 0
+        self._last: float | None = None
+        self._lock = threading.Lock()
+
+    def allow(self) -> bool:
+        """True, and count one dump, if a dump may be written now."""
+        with self._lock:
+            now = self.clock()
+            if self.written >= self.limit:
+                return False
+            if self._last is not None and now - self._last < self.interval:
+                return False
+            self._last = now
+            self.written += 1
+            return True
+
+
+#: The process's limiter: every loop's stall dumps count against it.
+limiter = DumpLimiter()
+
+
+class FlightRecorder:
+    """The ring of one loop's recent events; see the module docstring.
+
+    Start it with ``loop.start_flight_recorder(seconds)``; ``_run_once``
+    sets ``wait_start`` and ``io_from`` and calls :meth:`run_ready`, and
+    ``create_task`` calls :meth:`task_created`.
+
+    Invariants: ``buf`` holds ``capacity`` slots and ``ring`` is a
+    memoryview of it; ``i`` is the index of the next number to write (a
+    multiple of :data:`SLOT`), and once ``wrapped`` the slots from ``i`` on
+    are older than those before it.  ``running`` is the start time of the
+    callback running now, -1.0 when none runs; ``step_code`` is its code.
+    """
+
+    # Slots: attribute access on the hot path is then a fixed offset
+    # (CPython stops sharing the keys of an instance dict this large).
+    __slots__ = (
+        "__weakref__", "_codes", "_dead_tasks", "_hot", "_loop", "_name_index", "_next_task",
+        "_task_numbers", "_task_refs", "_watchdog", "buf", "capacity", "clock", "dump_dir",
+        "end", "i", "io_from", "max_events", "names", "pid", "ring", "running",
+        "seconds", "stall_after", "started", "step_code", "task_labels", "task_mode",
+        "wait_start", "wrapped",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        loop: Any,
+        seconds: float = DEFAULT_SECONDS,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        dump_on_stall: float | None = None,
+        dump_dir: str | PathLike[str] | None = None,
+    ) -> None:
+        self.seconds = _positive("seconds", seconds)
+        if max_bytes < 64 * _SLOT_BYTES:
+            raise ValueError(f"max_bytes must be at least {64 * _SLOT_BYTES}, not {max_bytes}")
+        self.max_events = max_bytes // _SLOT_BYTES
+        self.capacity = min(_INITIAL_EVENTS, self.max_events)
+        self.buf = array("d", bytes(self.capacity * _SLOT_BYTES))
+        # (Typed Any: typeshed's memoryview takes only ints, a 'd' view floats too.)
+        self.ring: Any = memoryview(self.buf)
+        self.end = self.capacity * SLOT
+        self.i = 0
+        self.wrapped = False
+        self._loop = weakref.ref(loop)
+        self.clock: Callable[[], float] = loop._clock
+        self.pid = os.getpid()
+        self.started = self.clock()  # nothing is older: a dump begins here at the earliest
+        self.task_mode: str | None = getattr(loop, "task_mode", None)
+        # Where the next wait begins (the end of the last step), and where
+        # in the ready queue the handles step 2 queues begin (_run_once sets it).
+        self.wait_start = self.started
+        self.io_from = 0
+        self.running = -1.0
+        self.step_code = 0
+        # Names: key (the id of a code object, a type, a builtin's name) ->
+        # index in ``names`` shifted into place, or -1 for a task's step or
+        # wake-up (named by its task).
+        self.names: list[str] = ["<other>"]
+        self._name_index: dict[Any, int] = {}
+        self._codes: list[Any] = []  # the code objects whose ids are keys
+        # Tasks: id(task) -> number while the task lives (a weak reference
+        # with a callback forgets it); number -> label, kept until the task
+        # has been dead longer than the window (see _forget_old_tasks).
+        self._task_numbers: dict[int, int] = {}
+        self._task_refs: dict[int, weakref.ref[Any]] = {}
+        self.task_labels: dict[int, str] = {}
+        self._dead_tasks: deque[tuple[float, int]] = deque()
+        self._next_task = 1
+        # Dump on stall (None: off).
+        self.stall_after = math.inf
+        self.dump_dir = Path(dump_dir) if dump_dir is not None else Path.cwd()
+        self._watchdog: _Watchdog | None = None
+        if dump_on_stall is not None:
+            self.stall_after = _positive("dump_on_stall", dump_on_stall)
+            self._watchdog = _Watchdog(self, loop)
+        # What run_ready needs each iteration, in one tuple: one load, not six.
+        _, readable, writable = loop._readiness
+        self._hot = (
+            self.clock, self._name_index.get, self._task_numbers.get, self.stall_after,
+            readable, writable,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------
+    # Writing (the loop's thread)
+    # ------------------------------------------------------------------
+
+    def wrap(self) -> int:
+        """The ring is full: grow it if its oldest event is still wanted, else start over.
+
+        Slots left unwritten at the end (a two-slot write did not fit) are
+        marked as padding.
+        """
+        for pad in range(self.i, self.end, SLOT):
+            self.ring[pad] = K_PAD
+        buf, capacity = self.buf, self.capacity
+        # The oldest slot: the next to overwrite, once wrapped (0 if the ring was full).
+        oldest = buf[self.i + 1 if self.wrapped and self.i < self.end else 1]
+        if capacity < self.max_events and oldest >= self.clock() - self.seconds:
+            grown = min(capacity * 2, self.max_events)
+            # A new array (one that a memoryview exports cannot be resized),
+            # the slots in order, oldest first.
+            bigger = buf[self.i :] + buf[: self.i] if self.wrapped else buf[:]
+            bigger.frombytes(bytes((grown - capacity) * _SLOT_BYTES))
+            self.buf, self.ring = bigger, memoryview(bigger)
+            self.capacity, self.end = grown, grown * SLOT
+            self.wrapped = False
+            self.i = capacity * SLOT
+            return self.i
+        self.wrapped = True
+        self.i = 0
+        return 0
+
+    def add(self, code: int, t: float) -> None:
+        """Write one slot (the slow path; run_ready writes its own inline)."""
+        i = self.i
+        if i >= self.end:
+            i = self.wrap()
+        ring = self.ring
+        ring[i] = code
+        ring[i + 1] = t
+        self.i = i + SLOT
+
+    def run_ready(
+        self, loop: Any, hooks: Any, polled: list[tuple[int, int]], timeout: float | None
+    ) -> None:
+        """Step 4 of ``_run_once``, recorded: run exactly the callbacks that are ready now.
+
+        The same loop as the unrecorded one in ``Loop._run_once`` (keep the
+        two alike), with the iteration's wait and each callback's end time,
+        name and task or descriptor written into the ring.  ``_run_once``
+        set ``io_from`` (the length of the ready queue) before step 2 queued
+        the handles of the descriptors in ``polled``; step 2's rule is
+        replayed here to know which handle is whose.  Two clock reads are
+        saved per iteration: the wait is taken to begin where the last
+        iteration's last step ended (steps 1 and, between two runs of the
+        loop, the time it was not running count as waiting) and to end here
+        (after step 2 queued its handles and step 3 its timers).
+        """
+        clock, names_get, tasks_get, stall_after, readable, writable = self._hot
+        t_prev = clock()
+        ready = loop._ready
+        io_from = self.io_from
+        # The wait: two slots, written at once.
+        i = self.i
+        if i > self.end - 2 * SLOT:
+            i = self.wrap()
+        ring = self.ring
+        ring[i] = K_WAIT
+        ring[i + 1] = self.wait_start
+        ring[i + 2] = -1.0 if timeout is None else timeout
+        ring[i + 3] = t_prev
+        self.i = i + 2 * SLOT
+        # Each I/O handle's number: its descriptor times 4, plus 1 for read, 2 for write.
+        io_numbers = []
+        if polled:
+            watches = loop._watches
+            for fd, events in polled:
+                watch = watches[fd]
+                if events & readable and watch.reader is not None:
+                    io_numbers.append(fd << _FD_SHIFT | _IO_READ)
+                if events & writable and watch.writer is not None:
+                    io_numbers.append(fd << _FD_SHIFT | _IO_WRITE)
+        io_end = io_from + len(io_numbers)
+        popleft = ready.popleft
+        observed = loop._debug or (hooks is not None and hooks.watches_callbacks)
+        try:
+            for k in range(len(ready)):
+                handle = popleft()
+                if handle._cancelled:
+                    continue
+                callback = handle._callback
+                # The key of its name: cheap to find, and never the callback
+                # itself (that would keep a closure, and what it holds,
+                # alive): the id of its code, which _intern keeps alive.
+                kind = type(callback)
+                key: Any
+                if kind is _METHOD:
+                    key = id(callback.__func__.__code__)
+                elif kind is _FUNCTION:
+                    key = id(callback.__code__)
+                elif kind is _BUILTIN:
+                    key = callback.__name__
+                elif kind is _PARTIAL:
+                    key = _partial_key(callback)
+                else:
+                    key = kind
+                code = names_get(key)
+                if code is None:
+                    code = self._intern(key, callback)
+                task = None
+                if code < 0:
+                    task = callback.__self__
+                    number = tasks_get(id(task)) or self._first_sight(task, t_prev)
+                    code = number << _NUMBER_SHIFT | K_TASK_STEP
+                elif k < io_from:
+                    pass  # a callback: its code is its name's
+                elif k < io_end:
+                    code |= io_numbers[k - io_from]
+                elif type(handle) is TimerHandle:
+                    late = int((t_prev - handle._when) * 1e6)
+                    code |= (late if 0 < late < _MAX_NUMBER else 0) << _NUMBER_SHIFT | K_TIMER
+                # What the watchdog reads: the step running since t_prev.
+                self.step_code = code
+                self.running = t_prev
+                if observed:
+                    started = loop._callback_starting(handle)
+                try:
+                    if handle._args:
+                        handle._context.run(callback, *handle._args)
+                    else:
+                        handle._context.run(callback)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    loop._callback_failed(handle, exc)
+                if observed:
+                    loop._callback_finished(handle, started)
+                t = clock()
+                i = self.i
+                if i >= self.end:
+                    i = self.wrap()
+                    ring = self.ring
+                ring[i] = code
+                ring[i + 1] = t
+                self.i = i + SLOT
+                if task is not None and task.done():
+                    self._task_done(task, number)
+                if t - t_prev > stall_after:
+                    self._stalled(code, t_prev, t, task)
+                t_prev = t
+        finally:
+            # Between steps, nothing runs.  (Steps follow each other without
+            # a gap, so once per iteration is enough.)
+            self.running = -1.0
+            self.wait_start = t_prev  # where the next iteration's wait begins
+            # (As in _run_once: a traceback through a callback keeps this
+            # frame, and these would make reference cycles.)
+            handle = callback = task = None
+
+    # ------------------------------------------------------------------
+    # Names and tasks (slow paths: once per function, once per task)
+    # ------------------------------------------------------------------
+
+    def _intern(self, key: Any, callback: Any) -> int:
+        """The code of ``callback``'s name (-1 for a task step), remembered under ``key``."""
+        code = getattr(getattr(callback, "__func__", callback), "__code__", None)
+        if callback_task(callback) is not None:
+            self._name_index[key] = -1
+            return -1
+        if len(self.names) >= MAX_NAMES:
+            return 0
+        if code is not None:
+            self._codes.append(code)  # alive, so that its id (the key) is never reused
+        index = len(self.names)
+        self.names.append(callback_name(callback))
+        self._name_index[key] = index << _NAME_SHIFT
+        return index << _NAME_SHIFT
+
+    def _number(self, task: Any, kind: int, parent: int, now: float) -> int:
+        number = self._next_task
+        self._next_task += 1
+        task_id = id(task)
+        self._task_numbers[task_id] = number
+
+        def forget(_: Any, task_id: int = task_id, number: int = number) -> None:
+            # (Any thread, at any moment the task is collected.)
+            self._task_numbers.pop(task_id, None)
+            self._task_refs.pop(number, None)
+            self._dead_tasks.append((self.clock(), number))
+
+        self._task_refs[number] = weakref.ref(task, forget)
+        self.task_labels[number] = task_label(task)
+        self.add(kind | (number & _MAX_NUMBER) << _NUMBER_SHIFT, now)
+        if parent:
+            self.add(K_ARG | (parent & _MAX_NUMBER) << _NUMBER_SHIFT, now)
+        self._forget_old_tasks()
+        return number
+
+    def _first_sight(self, task: Any, now: float) -> int:
+        """A task the recorder had not seen (built directly, or before it started).
+
+        Seen ``now``: when the step about to run begins.
+        """
+        return self._number(task, K_TASK_SEEN, 0, now)
+
+    def task_created(self, task: Any, parent: Any) -> None:
+        """``create_task`` made ``task``, from ``parent`` (a task, or None)."""
+        if id(task) in self._task_numbers or task.done():
+            return  # seen already (an eager first step), or done before we could look
+        parent_number = self._task_numbers.get(id(parent), 0) if is_task(parent) else 0
+        self._number(task, K_TASK_CREATED, parent_number, self.clock())
+
+    def _task_done(self, task: Any, number: int) -> None:
+        self.task_labels[number] = task_label(task)  # its last name (TaskGroup names tasks late)
+        result, error = outcome(task)
+        name = 0
+        if error is not None:  # named by its type: reprs are too many to keep
+            kind = type(task._exception)
+            name = self._name_index.get(kind, 0)
+            if not name and len(self.names) < MAX_NAMES:
+                name = self._name_index[kind] = len(self.names) << _NAME_SHIFT
+                self.names.append(kind.__qualname__)
+        now = self.clock()
+        self.add(K_TASK_DONE | name | (number & _MAX_NUMBER) << _NUMBER_SHIFT, now)
+        self.add(K_ARG | _OUTCOMES.index(result) << _NUMBER_SHIFT, now)
+
+    def _forget_old_tasks(self) -> None:
+        """Drop the labels of tasks dead for longer than the window: no dump can name them."""
+        dead = self._dead_tasks
+        horizon = self.clock() - self.seconds - 1.0
+        while dead and dead[0][0] < horizon:
+            self.task_labels.pop(dead.popleft()[1], None)
+
+    # ------------------------------------------------------------------
+    # Snapshots and stalls
+    # ------------------------------------------------------------------
+
+    def snapshot(self) -> FlightSnapshot:
+        """A copy of the recording, quick enough to take on the loop's thread.
+
+        Copies the used slots of the ring, in order (one ``memcpy`` or
+        two); the names and task labels are shared, not copied (the loop
+        only ever adds to ``names``; a task label it drops meanwhile is
+        that of a task dead for longer than the window).  Everything else
+        happens in :meth:`FlightSnapshot.write`, on any thread.
+
+        Any thread may call it (the monitor's does): each copy is one C call
+        under the GIL, and a copy that raced with the ring being replaced
+        (it grows) is taken again.  Measured here: 2.6 ms for 500,000
+        events (7.6 MiB), 35-45 ms for a full 64 MiB ring.
+        """
+        for _ in range(3):
+            i, buf, wrapped = self.i, self.buf, self.wrapped
+            if wrapped:
+                slots = buf[i:]
+                slots.frombytes(memoryview(buf)[:i].cast("B"))
+            else:
+                slots = buf[:i]
+            if buf is self.buf:
+                break
+        start = self.running
+        running = (self.step_code, start) if start >= 0 else None
+        return FlightSnapshot(
+            slots=slots,
+            names=self.names,
+            task_labels=_Labels(self.task_labels, self._task_refs),
+            now=self.clock(),
+            wall=time.time(),
+            seconds=self.seconds,
+            started=self.started,
+            full=wrapped,
+            pid=self.pid,
+            task_mode=self.task_mode,
+            running=running,
+        )
+
+    def _stalled(self, code: int, start: float, end: float, task: Any) -> None:
+        """A step held the loop longer than the threshold: dump, unless dumped or limited."""
+        watchdog = self._watchdog
+        if watchdog is None or watchdog.dumped == start or not limiter.allow():
+            return
+        self.running = -1.0  # (the step is over; the next one sets it again)
+        snap = self.snapshot()
+        if task is not None:  # (its name now: a program may rename a task after creating it)
+            self.task_labels[code >> _NUMBER_SHIFT] = task_label(task)
+        snap.stall = watchdog.stall_info(code, start, end, unfinished=False)
+        watchdog.jobs.put(snap)
+
+    def stop(self) -> None:
+        """Stop the watchdog thread, if any, once it wrote the dumps it was given.
+
+        (The loop forgets the recorder itself.)  Waits at most 10 s: a dump
+        taken on the loop's thread at a stall's end must not be lost
+        because the program exits right after the stall.
+        """
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.jobs.put(None)
+            if watchdog.thread is not threading.current_thread():
+                watchdog.thread.join(10.0)
+
+    def step_name(self, code: int) -> tuple[str, str | None]:
+        """The name of a step from its code, and its task's label (or None)."""
+        return _step_name(code, self.names, _Labels(self.task_labels, self._task_refs))
+
+
+class _Labels:
+    """Task labels by number, at dump time: a live task's as it is now, else the one kept.
+
+    A task's name can change after it was first seen (``TaskGroup`` names
+    its tasks after creating them; ``set_name``), so a live task is asked
+    again, through the weak reference the recorder keeps (a read, safe from
+    any thread).  Each label is looked up once per dump.
+    """
+
+    def __init__(self, kept: dict[int, str], refs: dict[int, weakref.ref[Any]]) -> None:
+        self.kept, self.refs = kept, refs
+        self.cache: dict[int, str] = {}
+
+    def get(self, number: int) -> str:
+        label = self.cache.get(number)
+        if label is None:
+            ref = self.refs.get(number)
+            task = ref() if ref is not None else None
+            label = task_label(task) if task is not None else None
+            if label is None:
+                label = self.kept.get(number, f"Task #{number}")
+            self.cache[number] = label
+        return label
+
+
+def _step_name(code: int, names: list[str], labels: _Labels) -> tuple[str, str | None]:
+    """A step's name and its task's label (None for a callback), from its code."""
+    kind, name = code & 15, (code >> _NAME_SHIFT) & 0xFFFF
+    if kind == K_TASK_STEP:
+        label = labels.get(code >> _NUMBER_SHIFT)
+        return label, label
+    return names[name] if name < len(names) else "<other>", None
+
+
+def _partial_key(callback: Any) -> Any:
+    """The key of a ``functools.partial``'s name: that of the function it wraps."""
+    while isinstance(callback, functools.partial):
+        callback = callback.func
+    code = getattr(getattr(callback, "__func__", callback), "__code__", None)
+    return ("partial", id(code) if code is not None else type(callback))
+
+
+def _positive(what: str, value: Any) -> float:
+    """``value`` as a number of seconds, or ValueError: finite and above zero."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number of seconds, not {value!r}") from None
+    if not (0 < seconds < math.inf):
+        raise ValueError(f"{what} must be more than 0 seconds and finite, not {value!r}")
+    return seconds
+
+
+# ----------------------------------------------------------------------
+# Snapshots: from numbers to a trace (off the loop's thread)
+# ----------------------------------------------------------------------
+
+
+@dataclass
+class FlightSnapshot:
+    """A copy of a recorder's ring at one moment: :meth:`write` makes it a trace file."""
+
+    slots: Any  # array("d"): the used slots of the ring, oldest first
+    names: list[str]
+    task_labels: _Labels
+    now: float  # loop time of the snapshot
+    wall: float  # time.time() at the same moment
+    seconds: float  # the window asked for
+    started: float  # loop time the recorder started
+    full: bool  # the ring had wrapped: older events were overwritten
+    pid: int
+    task_mode: str | None
+    running: tuple[int, float] | None  # (code, start) of a step in progress
+    stall: dict[str, Any] | None = field(default=None)
+
+    @property
+    def start(self) -> float:
+        """Loop time where the dump begins: the window's start, or the oldest event kept."""
+        begin = max(self.now - self.seconds, self.started)
+        if self.full and len(self.slots) >= SLOT:
+            begin = max(begin, self.slots[1])
+        return begin
+
+    def records(self) -> Iterator[tuple[Any, ...]]:
+        """The events of the window as the trace recorder's records (times from :attr:`start`).
+
+        One iteration at a time, from its wait's start to its end: a step
+        begins where the step (or the wait) before it ended, and the wait's
+        list of ready descriptors is made from the I/O steps that followed it.
+        """
+        slots, begin = self.slots, self.start
+        names, labels = self.names, self.task_labels
+        group: list[Any] = []
+        wait: list[Any] | None = None  # the wait of the iteration being read
+        last = -math.inf  # where the next step begins: the end of the step or wait before
+        steps = iterations = 0
+        previous: list[Any] | None = None  # a task event waiting for its K_ARG
+        j, end = 0, len(slots)
+        while j < end:
+            code, t = int(slots[j]), slots[j + 1]
+            j += SLOT
+            kind, number = code & 15, code >> _NUMBER_SHIFT
+            if kind == K_ARG:
+                if previous is not None:
+                    if previous[0] == "task-created":
+                        previous[7] = number  # the parent
+                    else:
+                        previous[7] = _OUTCOMES[min(number, 2)]
+                continue
+            previous = None
+            if kind <= K_TIMER:
+                start, last = last, t
+                if start < begin:
+                    continue
+                steps += 1
+                group.append(self._step(code, start - begin, t - start))
+                if kind == K_IO and wait is not None:
+                    way = number & 3
+                    wait[-1].append((number >> 2, "read" if way == 1 else "write"))
+            elif kind == K_WAIT:
+                if wait is not None:
+                    iterations += 1
+                    group.append(self._iteration(iterations, wait, last - begin, steps))
+                yield from _finish_group(group)
+                group, wait, steps = [], None, 0
+                timeout, last = slots[j], slots[j + 1]
+                j += SLOT
+                if t < begin:
+                    continue
+                wait = ["wait", t - begin, last - t, "wait",
+                        "timeout", None if timeout < 0 else timeout, "ready", []]  # fmt: skip
+                group.append(wait)
+            elif kind in (K_TASK_CREATED, K_TASK_SEEN, K_TASK_DONE):
+                if t < begin:
+                    continue
+                label = labels.get(number)
+                if kind == K_TASK_DONE:
+                    name = (code >> _NAME_SHIFT) & 0xFFFF
+                    error = names[name] if name else None
+                    previous = ["task-finished", t - begin, None, label, "task", number,
+                                "outcome", "result", "exception", error]  # fmt: skip
+                else:
+                    previous = ["task-created", t - begin, None, label, "task", number,
+                                "parent", None, "first_sight", kind == K_TASK_SEEN]  # fmt: skip
+                group.append(previous)
+            # (K_PAD: nothing.)
+        if wait is not None:  # the iteration in progress, up to its last step
+            iterations += 1
+            group.append(self._iteration(iterations, wait, last - begin, steps))
+        if self.running is not None:
+            code, start = self.running
+            step = self._step(code, start - begin, self.now - start)
+            group.append((*step, "partial", True))
+        if self.stall is not None:
+            stall = self.stall
+            group.append(
+                ("stall", stall["started"] - begin, None, stall["step"],
+                 "duration_ms", stall["duration_ms"], "unfinished", stall["unfinished"],
+                 "task_name", stall["task"])
+            )  # fmt: skip
+        yield from _finish_group(group)
+
+    @staticmethod
+    def _iteration(n: int, wait: list[Any], end: float, steps: int) -> tuple[Any, ...]:
+        start = wait[1]
+        return (
+            "iteration", start, max(end - start, wait[2]), f"iteration {n}",
+            "n", n, "wait", wait[2], "callbacks", steps,
+        )  # fmt: skip
+
+    def _step(self, code: int, t0: float, duration: float) -> tuple[Any, ...]:
+        kind, number = code & 15, code >> _NUMBER_SHIFT
+        label, _ = _step_name(code, self.names, self.task_labels)
+        if kind == K_TASK_STEP:
+            return ("task-step", t0, duration, label, "task", number)
+        if kind == K_IO:
+            return ("io", t0, duration, label, "fd", number >> 2)
+        if kind == K_TIMER:
+            return ("timer", t0, duration, label, "lateness", number / 1e6)
+        return ("callback", t0, duration, label)
+
+    def recorder(self) -> TraceRecorder:
+        """The snapshot as a detached :class:`TraceRecorder`, for the exporter and the summary."""
+        records: list[tuple[Any, ...]] = []
+        for record in self.records():
+            if record[0] == "timer":  # the firing, then the callback, as the recorder has them
+                records.append(("timer-fired", record[1], None, record[3], *record[4:6]))
+                records.append((*record[:4], *record[6:]))
+            else:
+                records.append(record)
+        recorder = TraceRecorder(max(1, len(records)))
+        recorder._buffer.extend(records)
+        recorder.pid = self.pid
+        recorder.task_mode = self.task_mode
+        recorder.start_time = 0.0
+        span = self.now - self.start
+        recorder.start_wall_time = self.wall - span
+        recorder.end_time = span
+        return recorder
+
+    def other_data(self) -> dict[str, Any]:
+        """What the dump says about itself: the span it covers, and the stall if any."""
+        span = self.now - self.start
+        info: dict[str, Any] = {
+            "window_s": self.seconds,
+            "span_s": span,
+            "limited_by": "memory" if span < self.seconds - 1e-9 and self.full else "seconds",
+            "recording_since_s": self.now - self.started,
+            "events": len(self.slots) // SLOT,
+            "dumped_at_iso": datetime.datetime.fromtimestamp(self.wall, datetime.UTC).isoformat(),
+        }
+        other: dict[str, Any] = {"flight_recorder": info}
+        if self.stall is not None:
+            stall = dict(self.stall)
+            stall["started_ms"] = round((stall.pop("started") - self.start) * 1e6) / 1e3
+            other["stall"] = stall
+        return other
+
+    def write(self, path: str | PathLike[str]) -> Path:
+        """Write the snapshot as a trace file (the format of ``--trace``); return the path."""
+        return write_trace(self.recorder(), path, extra=self.other_data())
+
+    def trace_bytes(self) -> bytes:
+        """The trace file :meth:`write` would write, as bytes (for a client to save).
+
+        ``loopy trace dump PID`` sends these over its connection: the target
+        never writes a path taken from a request.
+        """
+        with tempfile.TemporaryDirectory(prefix="loopy-dump-") as scratch:
+            return self.write(Path(scratch) / "dump.json").read_bytes()
+
+
+def snapshot(loop: Any) -> FlightSnapshot | None:
+    """A copy of ``loop``'s flight recording, or None if it has no recorder (any thread).
+
+    What the monitor calls for ``loopy trace dump``: this copies (see
+    :meth:`FlightRecorder.snapshot`); :meth:`FlightSnapshot.trace_bytes`
+    then encodes, off the loop's thread.
+    """
+    flight = getattr(loop, "_flight", None)
+    return flight.snapshot() if flight is not None else None
+
+
+def _finish_group(group: list[Any]) -> list[tuple[Any, ...]]:
+    """An iteration's records, those built as lists made tuples like the others."""
+    return [tuple(record) if isinstance(record, list) else record for record in group]
+
+
+# ----------------------------------------------------------------------
+# The watchdog: stall dumps
+# ----------------------------------------------------------------------
+
+
+class _Watchdog:
+    """A thread that watches the running step and writes the stall dumps.
+
+    It holds the recorder and the loop weakly, and ends when either is
+    gone or the loop is closed, or when :meth:`FlightRecorder.stop` says so.
+    """
+
+    def __init__(self, flight: FlightRecorder, loop: Any) -> None:
+        self.flight = weakref.ref(flight)
+        self.loop = weakref.ref(loop)
+        self.threshold = flight.stall_after
+        self.period = min(max(self.threshold / 4, 0.005), 0.25)
+        self.jobs: queue.SimpleQueue[FlightSnapshot | None] = queue.SimpleQueue()
+        # The start time of the step being watched, its latest stack sample,
+        # and the start of the step the watchdog dumped itself (never twice).
+        self.sampled: tuple[float, list[str]] | None = None
+        self.dumped = -1.0
+        self.thread = threading.Thread(target=self.run, name="loopy-flight-watchdog", daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while True:
+            try:
+                job = self.jobs.get(timeout=self.period)
+            except queue.Empty:
+                job = None
+                if not self.watch():
+                    return
+            else:
+                if job is None:
+                    return
+                self.write(job)
+
+    def watch(self) -> bool:
+        """Look at the step running now; False when there is nothing left to watch."""
+        flight, loop = self.flight(), self.loop()
+        if flight is None or loop is None or loop.is_closed() or flight._watchdog is not self:
+            return False
+        start = flight.running
+        if start < 0:
+            return True
+        took = flight.clock() - start
+        if took <= self.threshold:
+            return True
+        thread_id = loop._thread_id
+        frame = sys._current_frames().get(thread_id) if thread_id is not None else None
+        if frame is not None and flight.running == start:
+            stack = [
+                f"{entry.filename}:{entry.lineno} in {entry.name}"
+                for entry in traceback.extract_stack(frame, limit=40)
+            ]
+            self.sampled = (start, stack)
+        del frame
+        if took > 10 * self.threshold and self.dumped != start and flight.running == start:
+            self.dumped = start
+            if limiter.allow():
+                snap = flight.snapshot()
+                if snap.running is not None:
+                    code, start = snap.running
+                    snap.stall = self.stall_info(code, start, snap.now, unfinished=True)
+                    self.write(snap)
+        return True
+
+    def stall_info(
+        self, code: int, start: float, end: float, *, unfinished: bool
+    ) -> dict[str, Any]:
+        """The stall, for ``otherData.stall`` and the stall's mark in the trace."""
+        flight = self.flight()
+        name, task = flight.step_name(code) if flight is not None else ("?", None)
+        sampled = self.sampled
+        stack = sampled[1] if sampled is not None and sampled[0] == start else []
+        return {
+            "step": name,
+            "task": task,
+            "started": start,
+            "duration_ms": round((end - start) * 1e6) / 1e3,
+            "threshold_ms": round(self.threshold * 1e6) / 1e3,
+            "unfinished": unfinished,
+            "stack": stack,
+        }
+
+    def write(self, snap: FlightSnapshot) -> None:
+        flight = self.flight()
+        directory = flight.dump_dir if flight is not None else Path.cwd()
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(snap.wall))
+        path = directory / f"loopy-stall-{snap.pid}-{stamp}-{limiter.written}.json"
+        stall = snap.stall or {}
+        try:
+            snap.write(path)
+        except OSError as exc:
+            logger.warning("loopy: could not write the stall dump %s: %s", path, exc)
+            return
+        what = "still blocked after" if stall.get("unfinished") else "blocked for"
+        logger.warning(
+            "loopy: the loop was %s %.3f s by %s; the last %.1f s are in %s",
+            what,
+            stall.get("duration_ms", 0) / 1e3,
+            stall.get("step"),
+            snap.now - snap.start,
+            path,
+        )
+
+
+# ----------------------------------------------------------------------
+# The environment
+# ----------------------------------------------------------------------
+
+
+def _seconds_from(variable: str) -> float | None:
+    """``$variable`` as seconds; None if unset, or bad (with one warning naming it)."""
+    text = os.environ.get(variable)
+    if not text:
+        return None
+    try:
+        return _positive(variable, text)
+    except ValueError:
+        logger.warning(
+            "loopy: ignoring $%s=%s: expected a number of seconds above 0 (it stays off)",
+            variable,
+            text,
+        )
+        return None
+
+
+def flight_from_environment(loop: Any) -> FlightRecorder | None:
+    """Start ``loop``'s recorder as ``LOOPY_FLIGHT_RECORDER``/``LOOPY_DUMP_ON_STALL`` say.
+
+    A bad value is one warning on the ``loopy`` logger naming the variable,
+    and that feature stays off; so is a ``LOOPY_DUMP_DIR`` that is not a
+    writable directory (the stall dumps stay off).
+    """
+    seconds = _seconds_from(FLIGHT_ENV)
+    stall = _seconds_from(STALL_ENV)
+    directory = os.environ.get(DUMP_DIR_ENV) or None
+    if stall is not None and directory is not None and not _writable_dir(directory):
+        logger.warning(
+            "loopy: ignoring $%s: $%s=%s is not a writable directory",
+            STALL_ENV,
+            DUMP_DIR_ENV,
+            directory,
+        )
+        stall = None
+    if seconds is None and stall is None:
+        return None
+    recorder: FlightRecorder = loop.start_flight_recorder(
+        seconds if seconds is not None else DEFAULT_SECONDS,
+        dump_on_stall=stall,
+        dump_dir=directory,
+    )
+    return recorder
+
+
+def _writable_dir(path: str) -> bool:
+    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)

@@ -1,0 +1,612 @@
+"""The flight recorder: the last seconds in bounded memory, no references kept, stall dumps.
+
+In-process tests use the ``loop`` and ``vloop`` fixtures (both task modes;
+on the virtual clock a 30-second program takes no time).  The stall dumps
+are tested in real processes, as a user meets them: ``LOOPY_DUMP_ON_STALL``
+in the environment, a step that blocks with ``time.sleep``, and the files
+and the log line that come out.  No timing is asserted beyond generous
+lower bounds: a step that sleeps 300 ms holds the loop at least that long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import weakref
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import loopy
+from loopy.cli import main as cli_main
+from loopy.trace import TraceRecorder, load_trace, summarize
+from loopy.trace.flight import DumpLimiter, FlightRecorder, FlightSnapshot
+from tests.test_trace_format import check_trace, strict_json_loads
+
+# ----------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------
+
+
+def dump(snap: FlightSnapshot, path: Path) -> dict[str, Any]:
+    """Write ``snap``, check it as strict JSON against the format, and read it with loopy."""
+    snap.write(path)
+    trace = strict_json_loads(path.read_bytes())
+    check_trace(trace)
+    assert load_trace(path) == trace
+    return trace  # type: ignore[no-any-return]
+
+
+def events(trace: dict[str, Any], cat: str, ph: str = "X") -> list[dict[str, Any]]:
+    return [e for e in trace["traceEvents"] if e.get("cat") == cat and e["ph"] == ph]
+
+
+async def tick_for(seconds: int, name: str = "ticker") -> None:
+    async def ticker() -> None:
+        for _ in range(seconds):
+            await asyncio.sleep(1)
+
+    await asyncio.get_running_loop().create_task(ticker(), name=name)
+
+
+# ----------------------------------------------------------------------
+# The window and the ring
+# ----------------------------------------------------------------------
+
+
+def test_a_dump_holds_the_last_seconds_and_nothing_older(vloop: Any, tmp_path: Path) -> None:
+    flight = vloop.start_flight_recorder(5)
+    vloop.run_until_complete(tick_for(20))
+    snap = flight.snapshot()
+    trace = dump(snap, tmp_path / "window.json")
+    other = trace["otherData"]["flight_recorder"]
+    assert other["window_s"] == 5
+    assert other["span_s"] == pytest.approx(5.0)
+    assert other["recording_since_s"] >= 20
+    assert other["limited_by"] == "seconds"
+    assert trace["otherData"]["duration_us"] == pytest.approx(5e6)
+    stamps = [e["ts"] for e in trace["traceEvents"] if e["ph"] != "M"]
+    assert min(stamps) >= 0
+    assert max(stamps) <= 5e6
+    # One wake-up a second: about five of the twenty in the window.
+    steps = [e for e in events(trace, "task-step") if "ticker" in e["name"]]
+    assert 4 <= len(steps) <= 6
+    assert len(events(trace, "timer")) >= 4
+    # The ticker began 20 s ago: it enters the dump without its creation.
+    origins = {e["args"]["origin"] for e in events(trace, "task", "b")}
+    assert "unrecorded" in origins
+
+
+def test_a_dump_begins_when_recording_began(vloop: Any, tmp_path: Path) -> None:
+    vloop.run_until_complete(asyncio.sleep(30))
+    flight = vloop.start_flight_recorder(10)
+    vloop.run_until_complete(tick_for(3))
+    trace = dump(flight.snapshot(), tmp_path / "young.json")
+    assert trace["otherData"]["flight_recorder"]["span_s"] == pytest.approx(3.0, abs=0.01)
+    origins = {e["args"]["origin"] for e in events(trace, "task", "b")}
+    assert "create_task" in origins
+
+
+def test_a_full_ring_keeps_the_newest_events_and_says_so(vloop: Any, tmp_path: Path) -> None:
+    flight = FlightRecorder(vloop, 1000, max_bytes=1024)  # 64 slots: the ring wraps
+    vloop._flight = flight
+    vloop.run_until_complete(tick_for(100))
+    snap = flight.snapshot()
+    assert snap.full
+    assert len(snap.slots) == 128
+    trace = dump(snap, tmp_path / "full.json")
+    other = trace["otherData"]["flight_recorder"]
+    assert other["limited_by"] == "memory"
+    assert 0 < other["span_s"] < 100
+    # The newest wake-ups are there; the earliest are long gone.
+    steps = events(trace, "task-step")
+    assert steps
+    assert max(e["ts"] for e in steps) >= other["span_s"] * 1e6 - 1.5e6
+
+
+def test_the_ring_grows_while_the_window_needs_it(vloop: Any) -> None:
+    flight = vloop.start_flight_recorder(1000)
+    first = flight.capacity
+
+    async def busy() -> None:
+        for _ in range(3 * first):
+            await asyncio.sleep(0)
+
+    vloop.run_until_complete(busy())
+    assert flight.capacity > first
+    assert not flight.wrapped
+
+
+def test_bad_arguments_are_refused(loop: Any) -> None:
+    for seconds in (0, -1, float("inf"), float("nan"), "abc"):
+        with pytest.raises(ValueError, match="seconds"):
+            loop.start_flight_recorder(seconds)
+    with pytest.raises(ValueError, match="dump_on_stall"):
+        loop.start_flight_recorder(1, dump_on_stall=0)
+    with pytest.raises(ValueError, match="max_bytes"):
+        FlightRecorder(loop, 1, max_bytes=10)
+    assert loop.flight_recorder is None
+
+
+def test_stop_and_restart(loop: Any) -> None:
+    first = loop.start_flight_recorder(1)
+    second = loop.start_flight_recorder(2)
+    assert loop.flight_recorder is second is not first
+    loop.stop_flight_recorder()
+    assert loop.flight_recorder is None
+    loop.run_until_complete(asyncio.sleep(0))  # the plain path again
+
+
+# ----------------------------------------------------------------------
+# No references: tasks and callbacks die when the program drops them
+# ----------------------------------------------------------------------
+
+
+class Payload:
+    """Something a callback or a task holds, to watch when it dies."""
+
+
+def test_no_reference_to_tasks_callbacks_or_what_they_hold(loop: Any) -> None:
+    loop.start_flight_recorder(10)
+    payload = Payload()
+    dead = weakref.ref(payload)
+
+    async def holder(payload: Payload) -> None:
+        await asyncio.sleep(0)
+
+    task = loop.create_task(holder(payload))
+    task_ref = weakref.ref(task)
+    handle = loop.call_soon(lambda p=payload: None)  # a closure holding it
+    partial = loop.call_soon(functools.partial(Payload.__init__, payload))
+    loop.run_until_complete(task)
+    del task, handle, partial, payload
+    gc.disable()  # dead at once, by reference counting: no cycle through the recorder
+    try:
+        loop.run_until_complete(asyncio.sleep(0))
+        assert dead() is None
+        assert task_ref() is None
+    finally:
+        gc.enable()
+    assert len(loop.flight_recorder._task_numbers) == 0
+
+
+def test_an_unretrieved_exception_is_reported_as_soon_as_without_the_recorder(
+    loop: Any,
+) -> None:
+    def run(record: bool) -> list[str]:
+        reports: list[str] = []
+        loop.set_exception_handler(lambda _, context: reports.append(context["message"]))
+        if record:
+            loop.start_flight_recorder(10)
+
+        async def fails() -> None:
+            raise ValueError("nobody looks")
+
+        async def main() -> list[str]:
+            asyncio.get_running_loop().create_task(fails())  # dropped at once
+            for _ in range(3):
+                await asyncio.sleep(0)
+            return list(reports)  # what was reported while the loop still runs
+
+        gc.disable()
+        try:
+            return loop.run_until_complete(main())
+        finally:
+            gc.enable()
+            loop.stop_flight_recorder()
+
+    without = run(False)
+    assert run(True) == without
+    assert without == ["Task exception was never retrieved"]
+
+
+def test_a_resource_warning_comes_when_the_socket_is_dropped(loop: Any) -> None:
+    loop.start_flight_recorder(10)
+
+    def drop_it() -> None:
+        sock = socket.socket()
+        loop.call_soon(lambda s=sock: None)
+
+    def run_twice() -> None:
+        loop.call_soon(drop_it)
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.run_until_complete(asyncio.sleep(0))
+
+    gc.disable()  # by reference counting, while the loop runs: not at some later collection
+    try:
+        with pytest.warns(ResourceWarning, match="unclosed"):
+            run_twice()
+    finally:
+        gc.enable()
+
+
+# ----------------------------------------------------------------------
+# The dump: every kind of event, read by loopy's tools
+# ----------------------------------------------------------------------
+
+
+def record_a_bit_of_everything(loop: Any) -> FlightSnapshot:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    loop.set_exception_handler(lambda loop, context: None)
+
+    async def child() -> None:
+        await asyncio.sleep(0.001)
+
+    async def failing() -> None:
+        raise ValueError("on purpose")
+
+    async def main() -> FlightSnapshot:
+        running = asyncio.get_running_loop()
+        readable = running.create_future()
+        running.add_reader(a, lambda: readable.done() or readable.set_result(a.recv(10)))
+        b.send(b"ping")
+        await readable
+        running.remove_reader(a)
+        running.call_soon(functools.partial(print, end=""))
+        direct = asyncio.Task(child(), loop=running)  # first sight
+        await asyncio.gather(
+            running.create_task(child()), direct, running.create_task(failing()),
+            return_exceptions=True,
+        )  # fmt: skip
+        cancelled = running.create_task(asyncio.sleep(10))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await asyncio.gather(cancelled, return_exceptions=True)
+        return running.flight_recorder.snapshot()  # from inside a step: a partial one
+
+    try:
+        return loop.run_until_complete(main())  # type: ignore[no-any-return]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_dump_reads_with_the_summary_and_passes_the_format_checker(
+    loop: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    loop.start_flight_recorder(10)
+    path = tmp_path / "dump.json"
+    trace = dump(record_a_bit_of_everything(loop), path)
+    kinds = {(e["ph"], e.get("cat")) for e in trace["traceEvents"]}
+    for kind in [("X", c) for c in ("iteration", "wait", "callback", "task-step", "io", "timer")]:
+        assert kind in kinds
+    assert {("i", "io"), ("i", "timer"), ("b", "task"), ("e", "task")} <= kinds
+    outcomes = {e["args"]["outcome"] for e in events(trace, "task", "e")}
+    assert {"result", "exception", "cancelled", "unfinished"} <= outcomes
+    failed = [e for e in events(trace, "task", "e") if e["args"]["outcome"] == "exception"]
+    assert failed[0]["args"]["exception"] == "ValueError"
+    origins = {e["args"]["origin"] for e in events(trace, "task", "b")}
+    assert {"create_task", "first_sight"} <= origins
+    # The step that took the snapshot, still running: up to the dump's end.
+    last = max(events(trace, "task-step"), key=lambda e: e["ts"])
+    assert "main" in last["name"]
+    assert last["ts"] + last["dur"] == pytest.approx(trace["otherData"]["duration_us"], abs=1)
+    names = {e["name"] for e in events(trace, "callback")}
+    assert "print" in names  # a partial, by the function it wraps
+    reads = list(events(trace, "io", "i"))
+    assert reads
+    assert reads[0]["args"]["events"] == "read"
+    summary = summarize(load_trace(path))
+    assert summary.tasks_seen >= 4
+    assert cli_main(["trace", "summary", str(path)]) == 0
+    assert "loopy trace summary" in capsys.readouterr().out
+
+
+def test_with_a_trace_recorder_at_the_same_time_both_see_every_step(loop: Any) -> None:
+    recorder = TraceRecorder()
+    recorder.attach(loop)
+    flight = loop.start_flight_recorder(10)
+
+    async def many() -> None:
+        await asyncio.gather(*(asyncio.sleep(0) for _ in range(5)))
+
+    loop.run_until_complete(many())
+    snap = flight.snapshot()
+    recorder.detach()
+    flight_steps = [r for r in snap.records() if r[0] == "task-step"]
+    traced_steps = [e for e in recorder.events if e.type == "task-step"]
+    assert len(flight_steps) == len(traced_steps) > 0
+
+
+# ----------------------------------------------------------------------
+# Configuration: the environment, loopy.run, the seed program
+# ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "inf"])
+@pytest.mark.parametrize("variable", ["LOOPY_FLIGHT_RECORDER", "LOOPY_DUMP_ON_STALL"])
+def test_a_bad_value_is_one_warning_and_leaves_it_off(
+    variable: str, value: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with caplog.at_level(logging.WARNING, logger="loopy"):
+        loop = loopy.new_event_loop()
+    loop.close()
+    assert loop.flight_recorder is None
+    assert len(caplog.records) == 1
+    assert variable in caplog.records[0].getMessage()
+    assert value in caplog.records[0].getMessage()
+
+
+def test_the_variables_start_the_recorder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("LOOPY_FLIGHT_RECORDER", "3")
+    loop = loopy.new_event_loop()
+    assert loop.flight_recorder.seconds == 3
+    assert loop.flight_recorder.stall_after == float("inf")
+    loop.close()
+    monkeypatch.delenv("LOOPY_FLIGHT_RECORDER")
+    monkeypatch.setenv("LOOPY_DUMP_ON_STALL", "0.5")
+    monkeypatch.setenv("LOOPY_DUMP_DIR", str(tmp_path))
+    loop = loopy.new_event_loop()
+    flight = loop.flight_recorder
+    assert (flight.seconds, flight.stall_after, flight.dump_dir) == (10, 0.5, tmp_path)
+    loop.close()
+
+
+def test_a_dump_dir_that_is_not_a_directory_leaves_stall_dumps_off(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("LOOPY_DUMP_ON_STALL", "0.5")
+    monkeypatch.setenv("LOOPY_DUMP_DIR", str(tmp_path / "missing"))
+    with caplog.at_level(logging.WARNING, logger="loopy"):
+        loop = loopy.new_event_loop()
+    loop.close()
+    assert loop.flight_recorder is None
+    assert len(caplog.records) == 1
+    assert "LOOPY_DUMP_DIR" in caplog.records[0].getMessage()
+
+
+@pytest.mark.parametrize("tasks", ["asyncio", "loopy"])
+def test_loopy_run_takes_the_recorder(tasks: str) -> None:
+    async def main() -> tuple[float, float]:
+        flight = asyncio.get_running_loop().flight_recorder
+        return flight.seconds, flight.stall_after
+
+    assert loopy.run(main(), tasks=tasks, flight_recorder=2) == (2, float("inf"))
+    assert loopy.run(main(), tasks=tasks, dump_on_stall=0.5) == (10, 0.5)
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "inf"])
+@pytest.mark.parametrize("option", ["--flight-recorder", "--dump-on-stall"])
+def test_the_seed_program_refuses_a_bad_value(
+    option: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli_main([option, value]) == 2
+    assert option in capsys.readouterr().err
+
+
+def test_the_limiter_allows_one_dump_per_interval_and_a_number_per_process() -> None:
+    now = [0.0]
+    limiter = DumpLimiter(10.0, 3, clock=lambda: now[0])
+    assert limiter.allow()
+    now[0] = 9.9
+    assert not limiter.allow()
+    for _ in range(2):
+        now[0] += 10.0
+        assert limiter.allow()
+    now[0] += 100.0
+    assert not limiter.allow()  # three in this process: no more
+    assert limiter.written == 3
+
+
+# ----------------------------------------------------------------------
+# Dumps on stall, in real processes
+# ----------------------------------------------------------------------
+
+STALLS = """
+import asyncio, sys, time
+import loopy
+
+async def blocker(seconds):
+    time.sleep(seconds)  # THE BLOCKING LINE
+
+async def main():
+    for seconds in map(float, sys.argv[1:]):
+        await asyncio.get_running_loop().create_task(blocker(seconds), name="blocker")
+        await asyncio.sleep(0.02)
+
+loopy.run(main())
+"""
+
+
+def run_stalls(tmp_path: Path, *steps: float, tasks: str = "asyncio") -> tuple[list[Path], str]:
+    """Run STALLS with ``LOOPY_DUMP_ON_STALL=0.1``; the dumps it wrote, and its stderr."""
+    program = tmp_path / "stalls.py"
+    program.write_text(textwrap.dedent(STALLS))
+    dumps = tmp_path / "dumps"
+    dumps.mkdir(exist_ok=True)
+    env = {
+        **os.environ,
+        "LOOPY_DUMP_ON_STALL": "0.1",
+        "LOOPY_DUMP_DIR": str(dumps),
+        "LOOPY_TASKS": tasks,
+    }
+    done = subprocess.run(
+        [sys.executable, str(program), *map(str, steps)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return sorted(dumps.glob("loopy-stall-*.json")), done.stderr
+
+
+def blocking_line(tmp_path: Path) -> str:
+    lines = (tmp_path / "stalls.py").read_text().splitlines()
+    number = next(i for i, line in enumerate(lines, 1) if "THE BLOCKING LINE" in line)
+    return f"{tmp_path / 'stalls.py'}:{number} in blocker"
+
+
+@pytest.mark.parametrize("tasks", ["asyncio", "loopy"])
+def test_a_300_ms_step_writes_a_dump_with_the_step_its_task_and_the_stack(
+    tasks: str, tmp_path: Path
+) -> None:
+    files, stderr = run_stalls(tmp_path, 0.3, tasks=tasks)
+    assert len(files) == 1
+    logged = [line for line in stderr.splitlines() if "loopy: the loop was blocked" in line]
+    assert len(logged) == 1
+    assert str(files[0]) in logged[0]
+    trace = json.loads(files[0].read_text())
+    check_trace(trace)
+    load_trace(files[0])
+    stall = trace["otherData"]["stall"]
+    assert stall["duration_ms"] >= 300
+    assert stall["unfinished"] is False
+    assert "Task blocker (coro: blocker)" == stall["step"] == stall["task"]
+    assert blocking_line(tmp_path) in stall["stack"]
+    marks = events(trace, "stall", "i")
+    assert len(marks) == 1
+    slow = [e for e in events(trace, "task-step") if e["dur"] >= 300_000]
+    assert [e["name"] for e in slow] == ["Task blocker (coro: blocker)"]
+
+
+def test_50_ms_steps_write_nothing(tmp_path: Path) -> None:
+    files, stderr = run_stalls(tmp_path, 0.05, 0.05, 0.05)
+    assert files == []
+    assert "loopy:" not in stderr
+
+
+def test_a_step_still_running_after_ten_thresholds_is_dumped_unfinished(tmp_path: Path) -> None:
+    # 1.5 s: the watchdog dumps it after 1 s; its end writes no second file,
+    # and neither does the next stall, within 10 s of the first (the limit).
+    files, stderr = run_stalls(tmp_path, 1.5, 0.3)
+    assert len(files) == 1
+    trace = json.loads(files[0].read_text())
+    check_trace(trace)
+    stall = trace["otherData"]["stall"]
+    assert stall["unfinished"] is True
+    assert stall["duration_ms"] >= 1000
+    assert blocking_line(tmp_path) in stall["stack"]
+    # The step still running, up to the dump's end.
+    last = max(events(trace, "task-step"), key=lambda e: e["ts"])
+    assert last["name"] == "Task blocker (coro: blocker)"
+    assert last["dur"] >= 1e6
+    logged = [line for line in stderr.splitlines() if "loopy: the loop was" in line]
+    assert len(logged) == 1
+    assert "still blocked" in logged[0]
+
+
+def test_two_stalls_in_ten_seconds_write_one_file(tmp_path: Path) -> None:
+    files, _ = run_stalls(tmp_path, 0.3, 0.3)
+    assert len(files) == 1
+
+
+def test_a_task_is_named_as_it_is_called_at_dump_time(loop: Any, tmp_path: Path) -> None:
+    flight = loop.start_flight_recorder(10)
+
+    async def work() -> None:
+        await asyncio.sleep(0)
+
+    async def main() -> None:
+        finished = asyncio.get_running_loop().create_task(work())
+        finished.set_name("renamed-then-finished")  # as TaskGroup names its tasks
+        await finished
+        running = asyncio.get_running_loop().create_task(asyncio.sleep(10))
+        await asyncio.sleep(0)
+        running.set_name("renamed-while-running")
+        trace = dump(flight.snapshot(), tmp_path / "names.json")
+        names = {e["name"] for e in events(trace, "task", "b")}
+        assert "Task renamed-then-finished (coro: work)" in names
+        assert "Task renamed-while-running (coro: sleep)" in names
+        running.cancel()
+
+    loop.run_until_complete(main())
+
+
+def test_labels_of_tasks_dead_longer_than_the_window_are_forgotten(vloop: Any) -> None:
+    flight = vloop.start_flight_recorder(2)
+
+    async def short() -> None:
+        await asyncio.sleep(0)
+
+    async def main() -> None:
+        await asyncio.get_running_loop().create_task(short())
+        await asyncio.sleep(5)  # the first task is long dead: no dump can name it
+        await asyncio.get_running_loop().create_task(short())
+
+    vloop.run_until_complete(main())
+    assert sorted(flight.task_labels) == [1, 3]  # main, and the newest
+
+
+def test_past_the_most_names_a_callback_is_other(
+    loop: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr("loopy.trace.flight.MAX_NAMES", 2)  # "<other>" and one more
+    flight = loop.start_flight_recorder(10)
+
+    def first() -> None:
+        pass
+
+    def second() -> None:
+        pass
+
+    loop.call_soon(first)
+    loop.call_soon(second)
+    loop.run_until_complete(asyncio.sleep(0))
+    trace = dump(flight.snapshot(), tmp_path / "names.json")
+    names = [e["name"] for e in events(trace, "callback")]
+    assert names[:2] == ["test_past_the_most_names_a_callback_is_other.<locals>.first", "<other>"]
+
+
+def test_a_dump_that_cannot_be_written_is_one_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("loopy.trace.flight.limiter", DumpLimiter())  # this test's own count
+    loop = loopy.new_event_loop()
+    flight = loop.start_flight_recorder(10, dump_on_stall=0.01, dump_dir=tmp_path / "gone")
+
+    async def main() -> None:
+        import time  # noqa: PLC0415
+
+        time.sleep(0.05)
+
+    with caplog.at_level(logging.WARNING, logger="loopy"):
+        loop.run_until_complete(main())
+        loop.close()  # waits for the watchdog to have tried
+    assert flight._watchdog is None
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1
+    assert "could not write the stall dump" in messages[0]
+
+
+def test_the_monitor_can_snapshot_from_its_thread_and_get_the_file_as_bytes(
+    loop: Any, tmp_path: Path
+) -> None:
+    from loopy.trace.flight import snapshot  # noqa: PLC0415
+
+    assert snapshot(loop) is None  # no recorder
+    loop.start_flight_recorder(10)
+    taken: list[FlightSnapshot | None] = []
+
+    async def main() -> None:
+        thread = threading.Thread(target=lambda: taken.append(snapshot(loop)))
+        thread.start()
+        while thread.is_alive():
+            await asyncio.sleep(0.001)  # the loop runs while the other thread copies
+        thread.join()
+
+    loop.run_until_complete(tick_for(0))
+    loop.run_until_complete(main())
+    snap = taken[0]
+    assert snap is not None
+    data = snap.trace_bytes()
+    path = tmp_path / "sent.json"
+    path.write_bytes(data)
+    trace = strict_json_loads(data)
+    check_trace(trace)
+    assert load_trace(path) == trace
+    assert any("ticker" in e["name"] for e in events(trace, "task", "b"))

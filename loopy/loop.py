@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
-import heapq
 import logging
 import os
 import selectors
@@ -68,6 +67,7 @@ from .sockets import SocketMethods
 from .subprocesses import SubprocessMethods
 from .tasks import Task as LoopyTask
 from .threads import ThreadMethods
+from .timers import TimerStore
 from .wakeup import Waker
 
 if TYPE_CHECKING:
@@ -95,12 +95,6 @@ TASK_MODE_ENV = "LOOPY_TASKS"
 # select() with a huge timeout fails on some platforms (and a day-long timer
 # gains nothing from one long wait): never wait longer than this in one call.
 MAXIMUM_SELECT_TIMEOUT = 24 * 3600
-
-# Cancelled timers stay in the heap until they reach its top.  When more than
-# this many, and more than half of the heap, are cancelled, rebuild the heap
-# without them, so that a program that keeps rescheduling timeouts (every
-# read with a deadline does) does not grow the heap without bound.
-_MIN_CANCELLED_TIMERS_TO_COMPACT = 100
 
 
 def resolve_task_mode(mode: str | None) -> TaskMode:
@@ -154,18 +148,9 @@ class Loop(
         # _run_once pops from it; anything, in any thread, may append
         # (deque.append is atomic, which call_soon_threadsafe relies on).
         self._ready: collections.deque[Handle] = collections.deque()
-        # The timers.  _deadlines is a heap of deadlines, each once (floats:
-        # the heap compares them in C); _timers maps each deadline to what is
-        # due then: one TimerHandle, or a list of them in scheduling order
-        # when several share it.  (One object per timer, the handle: with
-        # many live timers, the garbage collector's work grows with every
-        # object it tracks, and a (when, sequence, handle) tuple per timer
-        # made it half as much again.)
-        # Invariant: _deadlines holds exactly the keys of _timers.
-        self._deadlines: list[float] = []
-        self._timers: dict[float, TimerHandle | list[TimerHandle]] = {}
-        self._timer_count = 0  # handles in _timers, cancelled ones included
-        self._cancelled_timers = 0  # of those, how many are cancelled
+        # The timers, earliest deadline first.  Only _run_once changes the
+        # store's shape, at two known points (timers.py explains why).
+        self._timers = TimerStore()
 
         self._stopping = False  # stop() was called; leave after this iteration
         self._closed = False
@@ -220,7 +205,7 @@ class Loop(
         order are described at the top of this module.
         """
         ready = self._ready
-        deadlines = self._deadlines
+        timers = self._timers
         # Instruments (instruments.py), or None: with none attached, watching
         # costs one check per step below; with some, each hook that no
         # instrument defines costs one more (an empty tuple).
@@ -228,23 +213,21 @@ class Loop(
         if hooks is not None and hooks.iteration_started:
             hooks.call("iteration_started", self)
 
-        # 1. How long may select() block?
+        # 1. How long may select() block?  First the timer store files what
+        #    was scheduled and drops what was cancelled: its one tidy-up.
+        if timers.incoming or timers.cancelled:
+            timers.tidy()
+        deadlines = timers.deadlines  # (changed in place only: safe to keep)
         if ready or self._stopping:
             timeout: float | None = 0.0
         elif deadlines:
-            head = self._timers[deadlines[0]]
-            if isinstance(head, list) or head._cancelled:
-                self._drop_cancelled_head_timers()
-            if deadlines:
-                # (Comparisons, not min()/max(): those builtins cost several
-                # times more, once per iteration.)
-                timeout = deadlines[0] - self._clock()
-                if timeout < 0.0:
-                    timeout = 0.0
-                elif timeout > MAXIMUM_SELECT_TIMEOUT:
-                    timeout = MAXIMUM_SELECT_TIMEOUT
-            else:
-                timeout = None
+            # (Comparisons, not min()/max(): those builtins cost several
+            # times more, once per iteration.)
+            timeout = deadlines[0] - self._clock()
+            if timeout < 0.0:
+                timeout = 0.0
+            elif timeout > MAXIMUM_SELECT_TIMEOUT:
+                timeout = MAXIMUM_SELECT_TIMEOUT
         else:
             timeout = None
 
@@ -259,11 +242,7 @@ class Loop(
         elif hooks is None:
             polled = poll(timeout)
         else:
-            if hooks.wait_started:
-                hooks.call("wait_started", self, timeout)
-            polled = poll(timeout)
-            if hooks.wait_finished:
-                hooks.call("wait_finished", self, self._ready_masks(polled))
+            polled = self._poll_observed(hooks, timeout)
         for fd, events in polled:
             watch = watches[fd]  # (every descriptor the selector knows is in _watches)
             # An error or hang-up sets both bits: a direction nobody watches has no handle.
@@ -275,17 +254,11 @@ class Loop(
         # 3. Move every due timer to the ready queue, earliest first.
         if deadlines:
             now = self._clock()
-            end = now + self._clock_resolution
-            while deadlines and deadlines[0] < end:
-                due = self._timers.pop(heapq.heappop(deadlines))
-                for timer in due if isinstance(due, list) else (due,):
-                    timer._scheduled = False
-                    self._timer_count -= 1
-                    if timer._cancelled:
-                        self._cancelled_timers -= 1
-                        continue
-                    ready.append(timer)
-                    if hooks is not None and hooks.timer_fired:
+            if deadlines[0] < now + self._clock_resolution:
+                fired = timers.pop_due(now + self._clock_resolution)
+                ready.extend(fired)
+                if hooks is not None and hooks.timer_fired:
+                    for timer in fired:
                         hooks.call("timer_fired", self, timer, now - timer._when)
 
         # 4. Run exactly the callbacks that are ready now.  Anything they
@@ -316,6 +289,15 @@ class Loop(
                 self._callback_finished(handle, started)
         if hooks is not None and hooks.iteration_finished:
             hooks.call("iteration_finished", self)
+
+    def _poll_observed(self, hooks: Hooks, timeout: float | None) -> list[tuple[int, int]]:
+        """Step 2's ``poll(timeout)`` while instruments watch: they see the wait begin and end."""
+        if hooks.wait_started:
+            hooks.call("wait_started", self, timeout)
+        polled = self._readiness[0](timeout)
+        if hooks.wait_finished:
+            hooks.call("wait_finished", self, self._ready_masks(polled))
+        return polled
 
     def _ready_masks(self, polled: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """What ``poll`` reported, as ``(fd, EVENT_READ | EVENT_WRITE)`` for the instruments."""
@@ -358,46 +340,6 @@ class Loop(
                 "handle": handle,
             }
         )
-
-    def _drop_cancelled_head_timers(self) -> None:
-        """Drop the earliest deadlines whose timers are all cancelled: the first is then live."""
-        deadlines = self._deadlines
-        while deadlines:
-            due = _as_list(self._timers[deadlines[0]])
-            if not all(timer._cancelled for timer in due):
-                return
-            del self._timers[heapq.heappop(deadlines)]
-            for timer in due:
-                timer._scheduled = False
-            self._timer_count -= len(due)
-            self._cancelled_timers -= len(due)
-
-    def _timer_cancelled(self) -> None:
-        """Called by TimerHandle.cancel() for a timer that sits in the heap."""
-        self._cancelled_timers += 1
-        if (
-            self._cancelled_timers > _MIN_CANCELLED_TIMERS_TO_COMPACT
-            and self._cancelled_timers * 2 > self._timer_count
-        ):
-            self._compact_timers()
-
-    def _compact_timers(self) -> None:
-        """Rebuild the timers without the cancelled ones."""
-        live: dict[float, TimerHandle | list[TimerHandle]] = {}
-        for when, due in self._timers.items():
-            kept = []
-            for timer in _as_list(due):
-                if timer._cancelled:
-                    timer._scheduled = False
-                else:
-                    kept.append(timer)
-            if kept:
-                live[when] = kept[0] if len(kept) == 1 else kept
-        self._timers = live
-        self._deadlines = list(live)
-        heapq.heapify(self._deadlines)
-        self._timer_count -= self._cancelled_timers
-        self._cancelled_timers = 0
 
     # ------------------------------------------------------------------
     # Running and stopping
@@ -481,9 +423,7 @@ class Loop(
             self._hooks.call("loop_closed", self)
         self._closed = True
         self._ready.clear()
-        self._deadlines.clear()
         self._timers.clear()
-        self._timer_count = self._cancelled_timers = 0
         SignalMethods._close(self)
         ThreadMethods._close(self)
         self._waker.close()
@@ -558,16 +498,7 @@ class Loop(
         if self._debug:
             self._check_callback(callback, "call_at")
         handle = TimerHandle(when, callback, args, self, context)
-        due = self._timers.get(when)
-        if due is None:
-            self._timers[when] = handle
-            heapq.heappush(self._deadlines, when)
-        elif isinstance(due, list):
-            due.append(handle)
-        else:
-            self._timers[when] = [due, handle]
-        self._timer_count += 1
-        handle._scheduled = True
+        self._timers.schedule(handle)
         if self._hooks is not None:
             self._hooks.call("timer_scheduled", self, handle)
         return handle
@@ -941,11 +872,6 @@ class Loop(
                         "asyncgen": agen,
                     }
                 )
-
-
-def _as_list(due: TimerHandle | list[TimerHandle]) -> list[TimerHandle]:
-    """The timers due at one deadline (see ``Loop._timers``), as a list."""
-    return due if isinstance(due, list) else [due]
 
 
 class Watch:

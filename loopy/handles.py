@@ -158,11 +158,15 @@ class TimerHandle(Handle, asyncio.TimerHandle):
         """Cancel the timer: mark it and count it; the loop drops it from its store later."""
         if self._cancelled:
             return
-        super().cancel()
+        # Flag and count first, with no call since the test above: a cancel()
+        # that interrupts this one (from a signal handler or a finalizer)
+        # finds the flag set and counts nothing.  Only a count: this may run
+        # in the middle of the loop's own work on its store (timers.py).
+        self._cancelled = True
         if self._scheduled:
-            # Only a count: this may run from a finalizer or a signal handler
-            # in the middle of the loop's own work on the store (timers.py).
             self._loop._timers.cancelled += 1
+        self._callback = None
+        self._args = ()
 
     def _describe(self) -> str:
         return f"{super()._describe()} when={self._when:.3f}"

@@ -244,7 +244,7 @@ class Loop(
         else:
             polled = self._poll_observed(hooks, timeout)
         for fd, events in polled:
-            watch = watches[fd]  # (every descriptor the selector knows is in _watches)
+            watch = watches.get(fd, _UNWATCHED)  # (a hook or __del__ may unwatch it)
             # An error or hang-up sets both bits: a direction nobody watches has no handle.
             if events & readable and watch.reader is not None:
                 ready.append(watch.reader)
@@ -277,7 +277,9 @@ class Loop(
                 # In the handle's context; without *args when there are none,
                 # which is about three times cheaper.  (A live handle always
                 # has its callback: only cancel() clears it.)
-                if handle._args:
+                if handle._cancelled:
+                    pass  # (by an instrument's callback_started)
+                elif handle._args:
                     handle._context.run(handle._callback, *handle._args)  # type: ignore[arg-type]
                 else:
                     handle._context.run(handle._callback)  # type: ignore[arg-type]
@@ -892,6 +894,10 @@ class Watch:
         self.events = events
         self.reader: Handle | None = None
         self.writer: Handle | None = None
+
+
+#: What step 2 finds for a descriptor unwatched between the poll and the lookup.
+_UNWATCHED = Watch(-1, 0)
 
 
 def fd_of(fileobj: FileDescriptorLike) -> int:

@@ -201,14 +201,12 @@ class Loop(
     def _run_once(self) -> None:
         """Run one iteration of the loop: wait, collect what is due, run it.
 
-        This is the only place where callbacks are run.  The steps and their
-        order are described at the top of this module.
+        The only place where callbacks are run; the module docstring tells the steps.
         """
         ready = self._ready
         timers = self._timers
-        # Instruments (instruments.py), or None: with none attached, watching
-        # costs one check per step below; with some, each hook that no
-        # instrument defines costs one more (an empty tuple).
+        # Instruments (instruments.py), or None: without any, one check per step
+        # below; with some, one more per hook (an empty tuple if none defines it).
         hooks = self._hooks
         if hooks is not None and hooks.iteration_started:
             hooks.call("iteration_started", self)
@@ -221,13 +219,7 @@ class Loop(
         if ready or self._stopping:
             timeout: float | None = 0.0
         elif deadlines:
-            # (Comparisons, not min()/max(): those builtins cost several
-            # times more, once per iteration.)
-            timeout = deadlines[0] - self._clock()
-            if timeout < 0.0:
-                timeout = 0.0
-            elif timeout > MAXIMUM_SELECT_TIMEOUT:
-                timeout = MAXIMUM_SELECT_TIMEOUT
+            timeout = self._timeout_until(deadlines[0])
         else:
             timeout = None
 
@@ -235,9 +227,8 @@ class Loop(
         watches = self._watches
         poll, readable, writable = self._readiness
         if timeout == 0 and len(watches) == 1 and not self._signal_handlers:
-            # Only the wake-up socket is watched, and it carries nothing we
-            # could miss (threadsafe callbacks are queued already): skip the
-            # system call.  This makes a busy callback chain several times faster.
+            # Only the wake-up socket is watched, and it carries nothing we could
+            # miss: skip the system call (a busy callback chain never polls).
             polled = []
         elif hooks is None:
             polled = poll(timeout)
@@ -252,18 +243,15 @@ class Loop(
                 ready.append(watch.writer)
 
         # 3. Move every due timer to the ready queue, earliest first.
-        if deadlines:
-            now = self._clock()
-            if deadlines[0] < now + self._clock_resolution:
-                fired = timers.pop_due(now + self._clock_resolution)
-                ready.extend(fired)
-                if hooks is not None and hooks.timer_fired:
-                    for timer in fired:
-                        hooks.call("timer_fired", self, timer, now - timer._when)
+        if deadlines and deadlines[0] < (now := self._clock()) + self._clock_resolution:
+            fired = timers.pop_due(now + self._clock_resolution)
+            ready.extend(fired)
+            if hooks is not None and hooks.timer_fired:
+                for timer in fired:
+                    hooks.call("timer_fired", self, timer, now - timer._when)
 
-        # 4. Run exactly the callbacks that are ready now.  Anything they
-        #    schedule lands behind them and waits for the next iteration.
-        #    This is the one place where callbacks are called.
+        # 4. Run exactly the callbacks that are ready now, the one place where
+        #    callbacks are called: what they schedule waits for the next iteration.
         popleft = ready.popleft
         # Instruments that watch callbacks, and debug mode, see each one.
         observed = self._debug or (hooks is not None and hooks.watches_callbacks)
@@ -275,8 +263,7 @@ class Loop(
                 started = self._callback_starting(handle)
             try:
                 # In the handle's context; without *args when there are none,
-                # which is about three times cheaper.  (A live handle always
-                # has its callback: only cancel() clears it.)
+                # about three times cheaper.  (Only cancel() clears _callback.)
                 if handle._cancelled:
                     pass  # (by an instrument's callback_started)
                 elif handle._args:
@@ -291,6 +278,16 @@ class Loop(
                 self._callback_finished(handle, started)
         if hooks is not None and hooks.iteration_finished:
             hooks.call("iteration_finished", self)
+
+    def _timeout_until(self, deadline: float) -> float:
+        """Step 1's timeout for a timer due at ``deadline``: 0 if it is past, at most a day."""
+        # (Comparisons, not min()/max(): those builtins cost several times more.)
+        timeout = deadline - self._clock()
+        if timeout < 0.0:
+            return 0.0
+        if timeout > MAXIMUM_SELECT_TIMEOUT:
+            return MAXIMUM_SELECT_TIMEOUT
+        return timeout
 
     def _poll_observed(self, hooks: Hooks, timeout: float | None) -> list[tuple[int, int]]:
         """Step 2's ``poll(timeout)`` while instruments watch: they see the wait begin and end."""

@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import gc
+import inspect
 import logging
 import signal
 import socket
@@ -960,3 +961,16 @@ def test_a_socket_closed_while_watched_can_still_be_unwatched(any_loop: Any) -> 
             any_loop.remove_reader(a)
     finally:
         b.close()
+
+
+def test_one_iteration_reads_top_to_bottom_in_at_most_80_lines() -> None:
+    # _run_once is the file to read first: its four numbered steps, in order,
+    # on one screen or two (docstring and comments included).
+    lines, _ = inspect.getsourcelines(loopy.loop.Loop._run_once)
+    assert len(lines) <= 80
+    steps = [
+        line.strip()[:5]
+        for line in lines
+        if line.strip()[:5] in ("# 1. ", "# 2. ", "# 3. ", "# 4. ")
+    ]
+    assert steps == ["# 1. ", "# 2. ", "# 3. ", "# 4. "]

@@ -24,12 +24,20 @@ Start reading at ``loop.py``.  The package's files are its architecture:
 * ``cli.py``      the ``loopy`` command
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .futures import Future
 from .loop import TASK_MODES, Loop, new_event_loop
 from .runners import EventLoopPolicy, install, run
 from .servers import Server
 from .tasks import Task
-from .trace import describe, tracing
+
+if TYPE_CHECKING:
+    from . import trace as trace
+    from .trace import describe, tracing
 
 __all__ = [
     "TASK_MODES",
@@ -45,3 +53,21 @@ __all__ = [
     "tracing",
 ]
 __version__ = "0.1.0"
+
+#: Names this package lends from ``loopy.trace``.
+_FROM_TRACE = ("describe", "tracing")
+
+
+def __getattr__(name: str) -> Any:
+    """``loopy.trace`` and the names it lends, imported the first time they are asked for.
+
+    The trace package (recorder, exporter, HTML viewer) is a quarter of the
+    package's import time, and a program that never traces should not pay
+    it; ``LOOPY_TRACE`` imports it from ``new_event_loop`` when set.
+    """
+    if name == "trace" or name in _FROM_TRACE:
+        trace = importlib.import_module(".trace", __name__)
+        value = trace if name == "trace" else getattr(trace, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -943,7 +943,7 @@ def new_event_loop(*, tasks: str | None = None) -> Loop:
     loop = Loop(tasks=tasks)
     trace_path = os.environ.get(TRACE_ENV)
     if trace_path:
-        from .trace import trace_to_file  # noqa: PLC0415 - imported only when asked for
+        from .trace import trace_to_file  # noqa: PLC0415 - only when asked for (see __init__.py)
 
         trace_to_file(loop, trace_path)
     return loop

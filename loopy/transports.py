@@ -8,11 +8,14 @@ pair, so once the transport works, streams work.
 
 :class:`SocketTransport` does all of its work in two loop callbacks:
 
-* :meth:`SocketTransport._on_readable`, registered with ``add_reader``:
+* ``SocketTransport._on_readable``, registered with the loop's
+  ``_add_reader``: an attribute, not a method, that ``_set_read_path`` points
+  at :meth:`SocketTransport._read_data` or, for an
+  ``asyncio.BufferedProtocol``, at :meth:`SocketTransport._read_into_buffer`.
   ``select()`` said the socket is readable, so one ``recv`` cannot block; the
-  bytes go straight to ``protocol.data_received`` (or, for an
-  ``asyncio.BufferedProtocol``, into the protocol's own buffer with
-  ``recv_into``).  This is the end of a byte's path from ``select()``.
+  bytes go straight to ``protocol.data_received`` (or into the protocol's own
+  buffer with ``recv_into``).  This is the end of a byte's path from
+  ``select()``.
 * :meth:`SocketTransport._on_writable`, registered with ``add_writer`` only
   while there is something buffered: sends as much of the write buffer as the
   kernel takes.

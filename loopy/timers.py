@@ -98,6 +98,7 @@ class TimerStore:
         """
         incoming = self.incoming
         by_deadline = self.by_deadline
+        deadlines = self.deadlines
         while incoming:
             handle = incoming.popleft()
             if handle._cancelled:
@@ -107,14 +108,13 @@ class TimerStore:
             due = by_deadline.get(when)
             if due is None:
                 by_deadline[when] = handle
-                heapq.heappush(self.deadlines, when)
+                heapq.heappush(deadlines, when)
             elif isinstance(due, list):
                 due.append(handle)
             else:
                 by_deadline[when] = [due, handle]
         if self.cancelled > MIN_CANCELLED_TO_COMPACT and self.cancelled * 2 > self.count:
             self._compact()
-        deadlines = self.deadlines
         while self.cancelled and deadlines:
             # Drop the earliest deadline if all its timers are cancelled.
             due = by_deadline[deadlines[0]]
@@ -129,15 +129,23 @@ class TimerStore:
         """Take out every timer due before ``end``; return the live ones, earliest first."""
         deadlines = self.deadlines
         by_deadline = self.by_deadline
+        heappop = heapq.heappop
         fired = []
         while deadlines and deadlines[0] < end:
-            due = by_deadline.pop(heapq.heappop(deadlines))
-            group = due if isinstance(due, list) else (due,)
-            taken = len(group)
+            due = by_deadline.pop(heappop(deadlines))
+            if not isinstance(due, list):  # one timer, the common case
+                self.count -= 1
+                due._scheduled = False
+                if due._cancelled:  # (nothing runs between these lines: see "Counting")
+                    self.cancelled -= 1
+                else:
+                    fired.append(due)
+                continue
+            taken = len(due)
             self.count -= taken
-            for timer in group:
+            for timer in due:
                 timer._scheduled = False
-                if timer._cancelled:  # (nothing runs between these lines: see "Counting")
+                if timer._cancelled:  # (as above)
                     self.cancelled -= 1
                 else:
                     fired.append(timer)

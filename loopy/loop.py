@@ -199,14 +199,9 @@ class Loop(
     # ------------------------------------------------------------------
 
     def _run_once(self) -> None:
-        """Run one iteration of the loop: wait, collect what is due, run it.
-
-        The only place where callbacks are run; the module docstring tells the steps.
-        """
-        ready = self._ready
-        timers = self._timers
-        # Instruments (instruments.py), or None: without any, one check per step
-        # below; with some, one more per hook (an empty tuple if none defines it).
+        """One iteration: wait, collect what is due, run it (the steps: see the module)."""
+        ready, timers = self._ready, self._timers
+        # Instruments (instruments.py), or None: one check per step below, and per hook.
         hooks = self._hooks
         if hooks is not None and hooks.iteration_started:
             hooks.call("iteration_started", self)
@@ -219,7 +214,11 @@ class Loop(
         if ready or self._stopping:
             timeout: float | None = 0.0
         elif deadlines:
-            timeout = self._timeout_until(deadlines[0])
+            timeout = deadlines[0] - self._clock()  # (min()/max() would cost more)
+            if timeout < 0.0:
+                timeout = 0.0
+            elif timeout > MAXIMUM_SELECT_TIMEOUT:
+                timeout = MAXIMUM_SELECT_TIMEOUT
         else:
             timeout = None
 
@@ -227,15 +226,16 @@ class Loop(
         watches = self._watches
         poll, readable, writable = self._readiness
         if timeout == 0 and len(watches) == 1 and not self._signal_handlers:
-            # Only the wake-up socket is watched, and it carries nothing we could
-            # miss: skip the system call (a busy callback chain never polls).
-            polled = []
+            polled = []  # only the wake-up socket, with nothing we could miss: no syscall
         elif hooks is None:
             polled = poll(timeout)
         else:
             polled = self._poll_observed(hooks, timeout)
         for fd, events in polled:
-            watch = watches.get(fd, _UNWATCHED)  # (a hook or __del__ may unwatch it)
+            try:
+                watch = watches[fd]
+            except KeyError:  # unwatched since the poll (by a hook or a __del__)
+                continue
             # An error or hang-up sets both bits: a direction nobody watches has no handle.
             if events & readable and watch.reader is not None:
                 ready.append(watch.reader)
@@ -278,16 +278,6 @@ class Loop(
                 self._callback_finished(handle, started)
         if hooks is not None and hooks.iteration_finished:
             hooks.call("iteration_finished", self)
-
-    def _timeout_until(self, deadline: float) -> float:
-        """Step 1's timeout for a timer due at ``deadline``: 0 if it is past, at most a day."""
-        # (Comparisons, not min()/max(): those builtins cost several times more.)
-        timeout = deadline - self._clock()
-        if timeout < 0.0:
-            return 0.0
-        if timeout > MAXIMUM_SELECT_TIMEOUT:
-            return MAXIMUM_SELECT_TIMEOUT
-        return timeout
 
     def _poll_observed(self, hooks: Hooks, timeout: float | None) -> list[tuple[int, int]]:
         """Step 2's ``poll(timeout)`` while instruments watch: they see the wait begin and end."""
@@ -891,10 +881,6 @@ class Watch:
         self.events = events
         self.reader: Handle | None = None
         self.writer: Handle | None = None
-
-
-#: What step 2 finds for a descriptor unwatched between the poll and the lookup.
-_UNWATCHED = Watch(-1, 0)
 
 
 def fd_of(fileobj: FileDescriptorLike) -> int:

@@ -185,8 +185,10 @@ class Loop(
         self._watches: dict[int, Watch] = {}
         self._waker = Waker()
         self.add_reader(self._waker.fileno(), self._on_wakeup)
-        SignalMethods.__init__(self)
-        ThreadMethods.__init__(self)
+        # The mixins' own set-up and tear-down: each named after its mixin,
+        # so that no two can collide (or be skipped by a missing super()).
+        self._setup_signals()
+        self._setup_threads()
 
     def __repr__(self) -> str:
         return (
@@ -413,8 +415,8 @@ class Loop(
         self._closed = True
         self._ready.clear()
         self._timers.clear()
-        SignalMethods._close(self)
-        ThreadMethods._close(self)
+        self._close_signals()
+        self._close_threads()
         self._waker.close()
         # What is still watched stays open (it belongs to its owner), but
         # the loop lets go of it and of the callbacks that waited on it.

@@ -52,7 +52,8 @@ class SignalMethods:
 
     _waker: Waker
 
-    def __init__(self) -> None:
+    def _setup_signals(self) -> None:
+        """Part of ``Loop.__init__``: no handler yet."""
         # signal number -> the handle to queue when it arrives
         self._signal_handlers: dict[int, Handle] = {}
         # The wake-up fd that was set before we claimed it, to restore.
@@ -129,7 +130,7 @@ class SignalMethods:
                 pass  # its owner closed it meanwhile: nobody to give it back to
         self._previous_wakeup_fd = None
 
-    def _close(self) -> None:
+    def _close_signals(self) -> None:
         """Remove every handler the loop installed (part of ``Loop.close``)."""
         if threading.current_thread() is not threading.main_thread():
             self._signal_handlers.clear()

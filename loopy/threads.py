@@ -39,7 +39,8 @@ class ThreadMethods:
     _waker: Waker
     _ready: collections.deque[Handle]
 
-    def __init__(self) -> None:
+    def _setup_threads(self) -> None:
+        """Part of ``Loop.__init__``: no executor until one is needed."""
         self._default_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._executor_shutdown_called = False
 
@@ -114,7 +115,7 @@ class ThreadMethods:
             )
             executor.shutdown(wait=False)
 
-    def _close(self) -> None:
+    def _close_threads(self) -> None:
         """Release the default executor (part of ``Loop.close``)."""
         executor, self._default_executor = self._default_executor, None
         self._executor_shutdown_called = True

@@ -974,3 +974,16 @@ def test_one_iteration_reads_top_to_bottom_in_at_most_80_lines() -> None:
         if line.strip()[:5] in ("# 1. ", "# 2. ", "# 3. ", "# 4. ")
     ]
     assert steps == ["# 1. ", "# 2. ", "# 3. ", "# 4. "]
+
+
+def test_no_two_mixins_of_the_loop_define_the_same_name() -> None:
+    # Loop calls each mixin's set-up and tear-down by its own name
+    # (_setup_signals, _close_threads...): a name two mixins shared would
+    # silently hide one of them behind the other in the MRO.
+    owners: dict[str, list[str]] = {}
+    for cls in loopy.loop.Loop.__mro__[1:]:
+        if cls.__module__.startswith("loopy."):
+            for name in vars(cls):
+                if not name.startswith("__"):
+                    owners.setdefault(name, []).append(cls.__name__)
+    assert {name: classes for name, classes in owners.items() if len(classes) > 1} == {}

@@ -5,6 +5,7 @@ Start reading at ``loop.py``.  The package's files are its architecture:
 * ``loop.py``     the run loop: scheduling, timers, watching file descriptors
 * ``handles.py``  a scheduled callback and how it is cancelled
 * ``timers.py``   the timer store: a heap of deadlines the loop tidies once per iteration
+* ``contract.py`` what transports, servers, pipes... and trace use of the loop
 * ``futures.py``  loopy's own Future: a result that is not there yet
 * ``tasks.py``    loopy's own Task: drives a coroutine, one step per callback
 * ``sockets.py``  ``sock_recv``, ``sock_sendall``... as coroutines

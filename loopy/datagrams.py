@@ -38,8 +38,9 @@ import logging
 import socket
 from asyncio.trsock import TransportSocket
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .contract import LoopMixin
 from .servers import remove_stale_socket_file
 from .sockets import _TRY_AGAIN, _check_nonblocking
 from .transports import (
@@ -49,6 +50,9 @@ from .transports import (
     _check_bytes_like,
     start_transport,
 )
+
+if TYPE_CHECKING:
+    from .contract import LoopContract
 
 logger = logging.getLogger("loopy")
 
@@ -70,7 +74,7 @@ class DatagramTransport(FileTransport, FlowControl, asyncio.DatagramTransport, a
 
     def __init__(
         self,
-        loop: Any,
+        loop: LoopContract,
         sock: socket.socket,
         protocol: asyncio.BaseProtocol,
         address: Any = None,
@@ -276,7 +280,7 @@ def _check_no_socket_options(**options: Any) -> None:
         )
 
 
-class DatagramMethods:
+class DatagramMethods(LoopMixin):
     """Datagram endpoints and datagram socket coroutines (a mixin of :class:`loopy.loop.Loop`)."""
 
     # Provided by the loop and its other mixins; declared for the type checker.

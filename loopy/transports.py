@@ -47,7 +47,10 @@ import warnings
 from asyncio.constants import _SendfileMode
 from asyncio.trsock import TransportSocket
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .contract import LoopContract
 
 logger = logging.getLogger("loopy")
 
@@ -87,7 +90,7 @@ class FlowControl:
     _protocol_paused = False  # we called protocol.pause_writing() (asyncio's name for it)
 
     _protocol: Any
-    _loop: Any
+    _loop: LoopContract
 
     def get_write_buffer_size(self) -> int:
         """Bytes written but not yet sent; each transport counts its own buffer."""
@@ -151,7 +154,9 @@ class FileTransport:
     _closing: bool
     _protocol: asyncio.BaseProtocol
 
-    def _announce(self, loop: Any, protocol: Any, waiter: asyncio.Future[None] | None) -> None:
+    def _announce(
+        self, loop: LoopContract, protocol: Any, waiter: asyncio.Future[None] | None
+    ) -> None:
         """Schedule ``connection_made``, then reading, then the waiter's wake-up."""
         loop.call_soon(protocol.connection_made, self)
         # Only read once connection_made() has run.
@@ -190,7 +195,7 @@ class SocketTransport(FileTransport, FlowControl, asyncio.Transport):
 
     def __init__(
         self,
-        loop: Any,
+        loop: LoopContract,
         sock: socket.socket,
         protocol: asyncio.BaseProtocol,
         waiter: asyncio.Future[None] | None = None,
@@ -540,7 +545,7 @@ _LOST = asyncio.Protocol()
 
 
 async def start_transport(
-    loop: Any,
+    loop: LoopContract,
     protocol_factory: Callable[[], asyncio.BaseProtocol],
     make_transport: Callable[[asyncio.BaseProtocol, asyncio.Future[None]], Any],
 ) -> tuple[Any, Any]:

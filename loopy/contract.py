@@ -36,8 +36,10 @@ if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
 
     from .handles import Handle, TimerHandle
+    from .instruments import Hooks
     from .loop import Watch
     from .timers import TimerStore
+    from .wakeup import Waker
 
 __all__ = ["LoopContract", "LoopMixin"]
 
@@ -51,6 +53,13 @@ class LoopContract(Protocol):
     _watches: dict[int, Watch]
     # fd -> the transport that owns it (transports add themselves)
     _transports: weakref.WeakValueDictionary[int, Any]
+    # -- read by handles, signals and threads on their hot paths ---------------------
+    _debug: bool  # (get_debug() without the call: every Handle reads it)
+    _hooks: Hooks | None  # the instruments, or None
+    _waker: Waker  # the wake-up socket: threads and signals write to it
+
+    def _check_closed(self) -> None:
+        """Raise RuntimeError if the loop is closed."""
 
     # -- public API -------------------------------------------------------------------
     def time(self) -> float:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .loop import Loop
+    from .contract import LoopContract
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -83,7 +83,7 @@ class Handle(asyncio.Handle):
         self,
         callback: Callable[..., object],
         args: tuple[Any, ...],
-        loop: Loop,
+        loop: LoopContract,
         context: contextvars.Context | None = None,
     ) -> None:
         self._callback: Callable[..., object] | None = callback
@@ -141,7 +141,7 @@ class TimerHandle(Handle, asyncio.TimerHandle):
         when: float,
         callback: Callable[..., object],
         args: tuple[Any, ...],
-        loop: Loop,
+        loop: LoopContract,
         context: contextvars.Context | None = None,
     ) -> None:
         super().__init__(callback, args, loop, context)

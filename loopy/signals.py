@@ -28,10 +28,11 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVarTuple, Unpack
 
+from .contract import LoopMixin
 from .handles import Handle
 
 if TYPE_CHECKING:
-    from .wakeup import Waker
+    pass
 
 _Ts = TypeVarTuple("_Ts")
 
@@ -47,10 +48,11 @@ def _check_signal(sig: object) -> None:
         raise ValueError(f"sig {sig} out of range")
 
 
-class SignalMethods:
-    """The signal part of the loop (a mixin of :class:`loopy.loop.Loop`)."""
+class SignalMethods(LoopMixin):
+    """The signal part of the loop (a mixin of :class:`loopy.loop.Loop`).
 
-    _waker: Waker
+    What it uses of the rest of the loop is in ``contract.py``.
+    """
 
     def _setup_signals(self) -> None:
         """Part of ``Loop.__init__``: no handler yet."""
@@ -67,12 +69,12 @@ class SignalMethods:
         Only from the main thread, as Python allows signal handlers only there.
         """
         _check_signal(sig)
-        self._check_closed()  # type: ignore[attr-defined]
+        self._check_closed()
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("add_signal_handler() can only be called from the main thread")
         if not self._signal_handlers:
             self._claim_wakeup_fd()
-        self._signal_handlers[sig] = Handle(callback, args, self)  # type: ignore[arg-type]
+        self._signal_handlers[sig] = Handle(callback, args, self)
         try:
             signal.signal(sig, _ignore_signal)
             # Let system calls interrupted by this signal restart, rather
@@ -105,11 +107,11 @@ class SignalMethods:
         Bytes of 0 come from ``call_soon_threadsafe``, and numbers with no
         handler from a signal some other code handles: both are ignored.
         """
-        hooks = self._hooks  # type: ignore[attr-defined]
+        hooks = self._hooks
         for signum in data:
             handle = self._signal_handlers.get(signum)
             if handle is not None:
-                self._ready.append(handle)  # type: ignore[attr-defined]
+                self._ready.append(handle)
                 if hooks is not None:
                     hooks.call("signal_received", self, signum)
 

@@ -22,22 +22,21 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar, TypeVarTuple, Unpack
 
+from .contract import LoopMixin
 from .handles import Handle
 
 if TYPE_CHECKING:
-    import collections
-
-    from .wakeup import Waker
+    pass
 
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
 
 
-class ThreadMethods:
-    """The thread part of the loop (a mixin of :class:`loopy.loop.Loop`)."""
+class ThreadMethods(LoopMixin):
+    """The thread part of the loop (a mixin of :class:`loopy.loop.Loop`).
 
-    _waker: Waker
-    _ready: collections.deque[Handle]
+    What it uses of the rest of the loop is in ``contract.py``.
+    """
 
     def _setup_threads(self) -> None:
         """Part of ``Loop.__init__``: no executor until one is needed."""
@@ -56,8 +55,8 @@ class ThreadMethods:
         thread: ``asyncio.Runner``'s Ctrl-C handler calls it from a signal
         handler that may interrupt ``select()``.
         """
-        self._check_closed()  # type: ignore[attr-defined]
-        handle = Handle(callback, args, self, context)  # type: ignore[arg-type]
+        self._check_closed()
+        handle = Handle(callback, args, self, context)
         self._ready.append(handle)
         self._waker.wake()
         return handle
@@ -69,7 +68,7 @@ class ThreadMethods:
         *args: *_Ts,
     ) -> asyncio.Future[_T]:
         """Run ``func(*args)`` in ``executor`` (None: a default thread pool); await the result."""
-        self._check_closed()  # type: ignore[attr-defined]
+        self._check_closed()
         if executor is None:
             if self._executor_shutdown_called:
                 raise RuntimeError("Executor shutdown has been called")
@@ -92,7 +91,7 @@ class ThreadMethods:
         executor = self._default_executor
         if executor is None:
             return
-        done: asyncio.Future[None] = self.create_future()  # type: ignore[attr-defined]
+        done: asyncio.Future[None] = self.create_future()
 
         def shut_down() -> None:
             try:

@@ -2,8 +2,9 @@
 
 The loop (``loop.py``) is one class, but the code around it -- the
 transports, servers, pipes, datagram endpoints and child processes it
-creates, and the ``trace`` package that watches it -- holds a reference to
-it and calls back into it.  :class:`LoopContract` names every method and
+creates, the handles it runs, its own mixins (``signals.py``,
+``threads.py``...) and the ``trace`` package that watches it -- holds a
+reference to it and calls back into it.  :class:`LoopContract` names every method and
 attribute they use, private ones included, so that a change to the loop
 that would break one of them is a type error (``mypy --strict`` checks that
 ``Loop`` satisfies the protocol wherever a loop is passed as one), and so
@@ -19,8 +20,12 @@ The private names, and why each is shared:
   the public ``add_reader`` refuses to steal its events.
 * ``_ready``, ``_timers`` and ``_watches`` are the loop's three stores
   (ready queue, timer store, watched descriptors); ``trace.describe`` reads
-  them to show the loop's to-do list, and nothing outside ``loop.py`` and
-  ``timers.py`` writes them.
+  them to show the loop's to-do list.  Outside ``loop.py`` and
+  ``timers.py`` only ``call_soon_threadsafe`` and signal delivery append to
+  ``_ready``, and ``TimerHandle.cancel`` counts in ``_timers``.
+* ``_debug``, ``_hooks``, ``_waker`` and ``_check_closed`` are what handles,
+  signals and threads read on their hot paths, where the public
+  ``get_debug()`` or ``instruments`` would cost a call.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ __all__ = ["LoopContract", "LoopMixin"]
 
 
 class LoopContract(Protocol):
-    """What transports, servers, pipes, datagrams, subprocesses and trace use of a loop."""
+    """Every name of the loop that code outside ``loop.py`` uses (see the module)."""
 
     # -- the loop's state, read by trace.describe ---------------------------------
     _ready: collections.deque[Handle]

@@ -145,3 +145,22 @@ def test_closing_the_loop_lets_every_timer_go(loop: Any) -> None:
     assert not incoming._scheduled
     incoming.cancel()  # a cancel after close counts nothing
     assert (loop._timers.count, loop._timers.cancelled) == (0, 0)
+
+
+def test_a_timer_cancelled_after_the_tidy_up_is_dropped_when_due(vloop: Any) -> None:
+    # Cancelled by a hook between step 1 and step 3: pop_due meets it.
+    fired: list[str] = []
+    start = vloop.time()
+    lone = vloop.call_later(1.0, fired.append, "lone")
+    pair = [vloop.call_later(2.0, fired.append, name) for name in ("a", "b")]
+
+    class Canceller:
+        def wait_started(self, loop: Any, _timeout: float | None) -> None:
+            # First wait: for the lone timer; the next: for the pair.
+            (lone if loop.time() < 1.0 + start else pair[0]).cancel()
+
+    vloop.add_instrument(Canceller())
+    vloop.call_later(3.0, vloop.stop)
+    vloop.run_forever()
+    assert fired == ["b"]
+    assert pending_timers(vloop) == []

@@ -295,10 +295,13 @@ class Loop(
         _, readable, writable = self._readiness
         reported = []
         for fd, events in polled:
+            watch = self._watches.get(fd)
+            if watch is None:
+                continue  # unwatched since the poll (by a __del__ or a signal handler)
             mask = (selectors.EVENT_READ if events & readable else 0) | (
                 selectors.EVENT_WRITE if events & writable else 0
             )
-            reported.append((fd, mask & self._watches[fd].events))
+            reported.append((fd, mask & watch.events))
         return reported
 
     def _callback_starting(self, handle: Handle) -> float:

@@ -16,7 +16,7 @@ descriptors, and at the end a model of what must have run:
 * timers run no earlier than their deadline; in one iteration, earliest
   deadline first, ties in scheduling order; ``call_soon`` callbacks in the
   order they were scheduled;
-* a reader never runs once its descriptor was unwatched or closed.
+* a reader never runs once a callback or a hook unwatched its descriptor.
 
 Example counts are small so the suite stays fast (a few seconds).
 """
@@ -85,7 +85,10 @@ class Storm:
         self.iteration = 0
         self.batches: list[list[tuple[float, int]]] = []  # deterministic timers per iteration
         self.sockets: list[tuple[socket.socket, socket.socket]] = []
-        self.unwatched: set[int] = set()  # index into sockets
+        # Sockets (by index) unwatched by a callback or a hook, whose reader
+        # must not run again; and those unwatched or closed by anyone.
+        self.unwatched: set[int] = set()
+        self.gone: set[int] = set()
         self.read_after_unwatch: list[int] = []
 
     # -- the agents -----------------------------------------------------------
@@ -155,18 +158,20 @@ class Storm:
         self.loop.add_reader(a, self.readable, index)
         b.send(b"x")
 
-    def unwatch(self, number: int, _deterministic: bool) -> None:
+    def unwatch(self, number: int, deterministic: bool) -> None:
         if self.sockets:
             index = number % len(self.sockets)
-            if index not in self.unwatched:  # (a closed socket no longer watched has no number)
-                self.unwatched.add(index)
+            if index not in self.gone:  # (a closed socket no longer watched has no number)
+                self.gone.add(index)
                 self.loop.remove_reader(self.sockets[index][0])
+                if deterministic:
+                    self.unwatched.add(index)
 
     def close(self, number: int, _deterministic: bool) -> None:
         """Close a watched socket without unwatching it first."""
         if self.sockets:
             index = number % len(self.sockets)
-            self.unwatched.add(index)
+            self.gone.add(index)
             self.sockets[index][0].close()
 
     # -- what runs --------------------------------------------------------------
@@ -189,7 +194,9 @@ class Storm:
     def readable(self, index: int) -> None:
         if index in self.unwatched:
             self.read_after_unwatch.append(index)
-        self.sockets[index][0].recv(1)
+        sock = self.sockets[index][0]
+        if sock.fileno() != -1:  # (closed since the poll reported it: the loop cannot know)
+            sock.recv(1)
         self.act("callback")
 
     # -- checks -------------------------------------------------------------------
@@ -391,3 +398,33 @@ def test_a_cancel_interrupted_by_another_cancel_of_the_same_timer_counts_it_once
         sys.setprofile(None)
     assert vloop._timers.cancelled == 1
     check_timer_store(vloop._timers)
+
+
+def test_a_descriptor_unwatched_right_after_the_poll_is_left_out_of_wait_finished(
+    vloop: Any, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    # A profile hook stands in for a finalizer or a signal handler that runs
+    # as the poll returns, before the instruments are told what it reported.
+    a, b = pair
+    reported: list[list[tuple[int, int]]] = []
+
+    class Watcher:
+        def wait_finished(self, _loop: Any, events: list[tuple[int, int]]) -> None:
+            reported.append(events)
+
+    def profile(frame: Any, event: str, _arg: Any) -> None:
+        if event == "return" and frame.f_code.co_name == "select_fds":
+            vloop.remove_reader(a)
+
+    errors = catch_errors(vloop)
+    vloop.add_reader(a, print)
+    b.send(b"x")
+    vloop.add_instrument(Watcher())
+    vloop.call_soon(vloop.stop)
+    sys.setprofile(profile)
+    try:
+        vloop.run_forever()  # (the masks for the instruments used to raise KeyError)
+    finally:
+        sys.setprofile(None)
+    assert reported == [[]]
+    assert errors == []

@@ -208,8 +208,8 @@ class Loop(
         if hooks is not None and hooks.iteration_started:
             hooks.call("iteration_started", self)
 
-        # 1. How long may select() block?  First the timer store files what
-        #    was scheduled and drops what was cancelled: its one tidy-up.
+        # 1. How long may select() block?  First the timer store drops what
+        #    was cancelled (and files what waits in incoming): its one tidy-up.
         if timers.incoming or timers.cancelled:
             timers.tidy()
         deadlines = timers.deadlines  # (changed in place only: safe to keep)

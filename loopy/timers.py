@@ -2,8 +2,9 @@
 
 The loop keeps its timers in one :class:`TimerStore` (``Loop._timers``).  Its
 operations are the four a timer needs -- schedule, cancel, pop what is due,
-say when the next one is due -- plus :meth:`TimerStore.tidy`, the one place
-where the store changes shape.
+say when the next one is due (``deadlines[0]``) -- plus
+:meth:`TimerStore.tidy`, the one place where cancelled timers leave the
+store before they are due.
 
 **Who may touch what.**  A timer is cancelled, and often scheduled, by code
 the loop does not control the timing of: a callback, an instrument hook, a
@@ -12,18 +13,19 @@ signal handler (which runs between any two bytecodes that check for one), a
 profiler hook.  Any of these can run while the loop is half-way through
 moving due timers to the ready queue.  So the work is split:
 
-* :meth:`TimerStore.schedule` only appends the handle to ``incoming`` and
-  counts it; ``TimerHandle.cancel()`` only sets the handle's flag and counts
-  it (``cancelled += 1``).  Neither touches the heap or the dict.
-* Only the loop, from ``Loop._run_once`` (which never runs inside itself),
-  changes ``deadlines`` and ``by_deadline``: :meth:`TimerStore.tidy` at the
-  start of step 1 files the incoming handles, rebuilds the store without its
-  cancelled timers when they are most of it, and drops cancelled ones from
-  the head; :meth:`TimerStore.pop_due` in step 3 takes out the due ones.
-  Code that interrupts them can only append to ``incoming`` and set flags,
-  which they are written to tolerate; and the containers are changed in
-  place, never replaced, so a reference held across an interruption stays
-  good.
+* ``TimerHandle.cancel()`` only sets the handle's flag and counts it
+  (``cancelled += 1``); it never touches the heap or the dict.
+* ``deadlines`` and ``by_deadline`` change only while ``busy`` is set: in
+  :meth:`TimerStore.schedule`, which files the handle at once;
+  :meth:`TimerStore.tidy`, which the loop calls at the start of step 1 to
+  rebuild the store without its cancelled timers when they are most of it
+  and to drop cancelled ones from the head; and
+  :meth:`TimerStore.pop_due`, which takes out the due ones in step 3.  A
+  ``schedule()`` that finds ``busy`` set was called by code that interrupted
+  one of those: it only appends the handle to ``incoming``, and the next
+  ``tidy()`` files it (so do the ones after it, until then: none may
+  overtake it).  The containers are changed in place, never replaced, so a
+  reference held across an interruption stays good.
 
 **Counting.**  ``count`` and ``cancelled`` are exact (the tests check them
 after every iteration), and each ``+=``/``-=`` on them is a read, an integer
@@ -68,9 +70,10 @@ class TimerStore:
     * ``count`` is the number of handles in ``incoming`` and ``by_deadline``;
       every one of them has ``_scheduled`` set, and no other handle has.
     * ``cancelled`` is how many of those are cancelled.
+    * ``busy`` is false.
     """
 
-    __slots__ = ("by_deadline", "cancelled", "count", "deadlines", "incoming")
+    __slots__ = ("busy", "by_deadline", "cancelled", "count", "deadlines", "incoming")
 
     def __init__(self) -> None:
         # Deadlines, floats, each once: the heap compares them in C.
@@ -79,44 +82,73 @@ class TimerStore:
         # order when several share it (one object per timer, its handle: the
         # garbage collector's work grows with every object it tracks).
         self.by_deadline: dict[float, TimerHandle | list[TimerHandle]] = {}
-        # Scheduled since the last tidy(), in scheduling order, not filed yet.
+        # Scheduled while the store was busy, in scheduling order: the next
+        # tidy() files them.
         self.incoming: collections.deque[TimerHandle] = collections.deque()
         self.count = 0  # handles in incoming and by_deadline, cancelled ones included
         self.cancelled = 0  # of those, how many are cancelled
+        self.busy = False  # deadlines and by_deadline are being changed
 
     def schedule(self, handle: TimerHandle) -> None:
-        """Add ``handle``; the loop files it at the start of its next iteration."""
+        """Add ``handle``: filed at once, unless the store is busy (see above)."""
         handle._scheduled = True
         self.count += 1
-        self.incoming.append(handle)
+        if self.busy or self.incoming:
+            self.incoming.append(handle)
+            return
+        # _file(handle), inline: this is call_at's path, once per timer.
+        # (No try/finally: should this raise, the next tidy() clears busy.)
+        self.busy = True
+        by_deadline = self.by_deadline
+        when = handle._when
+        due = by_deadline.get(when)
+        if due is None:
+            by_deadline[when] = handle
+            heapq.heappush(self.deadlines, when)
+        elif isinstance(due, list):
+            due.append(handle)
+        else:
+            by_deadline[when] = [due, handle]
+        self.busy = False
 
     def tidy(self) -> None:
         """File the incoming timers, compact if worth it, drop cancelled ones at the head.
 
-        The one place the store changes shape: the loop calls it at the start
-        of step 1 whenever ``incoming`` or ``cancelled`` is not empty.
+        The loop calls it at the start of step 1 whenever ``incoming`` or
+        ``cancelled`` is not empty: the one point where cancelled timers
+        leave the store before they are due.
         """
-        incoming = self.incoming
-        by_deadline = self.by_deadline
-        deadlines = self.deadlines
-        while incoming:
-            handle = incoming.popleft()
-            if handle._cancelled:
-                self._release_cancelled(handle)
-                continue
-            when = handle._when
-            due = by_deadline.get(when)
-            if due is None:
-                by_deadline[when] = handle
-                heapq.heappush(deadlines, when)
-            elif isinstance(due, list):
-                due.append(handle)
-            else:
-                by_deadline[when] = [due, handle]
-        if self.cancelled > MIN_CANCELLED_TO_COMPACT and self.cancelled * 2 > self.count:
-            self._compact()
+        self.busy = True
+        try:
+            incoming = self.incoming
+            while incoming:
+                handle = incoming.popleft()
+                if handle._cancelled:
+                    self._release_cancelled(handle)
+                else:
+                    self._file(handle)
+            if self.cancelled > MIN_CANCELLED_TO_COMPACT and self.cancelled * 2 > self.count:
+                self._compact()
+            self._drop_cancelled_head()
+        finally:
+            self.busy = False
+
+    def _file(self, handle: TimerHandle) -> None:
+        """Put ``handle`` in the heap and the dict (the store is busy)."""
+        when = handle._when
+        due = self.by_deadline.get(when)
+        if due is None:
+            self.by_deadline[when] = handle
+            heapq.heappush(self.deadlines, when)
+        elif isinstance(due, list):
+            due.append(handle)
+        else:
+            self.by_deadline[when] = [due, handle]
+
+    def _drop_cancelled_head(self) -> None:
+        """Drop the earliest deadlines whose timers are all cancelled (the store is busy)."""
+        deadlines, by_deadline = self.deadlines, self.by_deadline
         while self.cancelled and deadlines:
-            # Drop the earliest deadline if all its timers are cancelled.
             due = by_deadline[deadlines[0]]
             group = due if isinstance(due, list) else (due,)
             if not all(timer._cancelled for timer in group):
@@ -127,28 +159,30 @@ class TimerStore:
 
     def pop_due(self, end: float) -> list[TimerHandle]:
         """Take out every timer due before ``end``; return the live ones, earliest first."""
-        deadlines = self.deadlines
-        by_deadline = self.by_deadline
-        heappop = heapq.heappop
+        deadlines, by_deadline, heappop = self.deadlines, self.by_deadline, heapq.heappop
         fired = []
-        while deadlines and deadlines[0] < end:
-            due = by_deadline.pop(heappop(deadlines))
-            if not isinstance(due, list):  # one timer, the common case
-                self.count -= 1
-                due._scheduled = False
-                if due._cancelled:  # (nothing runs between these lines: see "Counting")
-                    self.cancelled -= 1
-                else:
-                    fired.append(due)
-                continue
-            taken = len(due)
-            self.count -= taken
-            for timer in due:
-                timer._scheduled = False
-                if timer._cancelled:  # (as above)
-                    self.cancelled -= 1
-                else:
-                    fired.append(timer)
+        self.busy = True
+        try:
+            while deadlines and deadlines[0] < end:
+                due = by_deadline.pop(heappop(deadlines))
+                if not isinstance(due, list):  # one timer, the common case
+                    self.count -= 1
+                    due._scheduled = False
+                    if due._cancelled:  # (nothing runs between these lines: see "Counting")
+                        self.cancelled -= 1
+                    else:
+                        fired.append(due)
+                    continue
+                taken = len(due)
+                self.count -= taken
+                for timer in due:
+                    timer._scheduled = False
+                    if timer._cancelled:  # (as above)
+                        self.cancelled -= 1
+                    else:
+                        fired.append(timer)
+        finally:
+            self.busy = False
         return fired
 
     def pending(self) -> list[TimerHandle]:

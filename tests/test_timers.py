@@ -87,18 +87,34 @@ def test_a_finalizer_may_cancel_most_timers_in_the_middle_of_an_iteration(
 def test_cancel_only_marks_and_counts(vloop: Any) -> None:
     handles = [vloop.call_later(10.0, print) for _ in range(3 * MIN_CANCELLED_TO_COMPACT)]
     store = vloop._timers
-    assert list(store.incoming) == handles  # filed by the loop, not by call_later
+    deadlines, by_deadline = list(store.deadlines), dict(store.by_deadline)
     for handle in handles:
         handle.cancel()
-    assert list(store.incoming) == handles
+    assert (store.deadlines, store.by_deadline) == (deadlines, by_deadline)  # untouched
     assert (store.count, store.cancelled) == (len(handles), len(handles))
     vloop.call_soon(vloop.stop)
-    vloop.run_forever()
+    vloop.run_forever()  # the loop tidies its store: every cancelled timer goes
     assert pending_timers(vloop) == []
     assert not any(handle._scheduled for handle in handles)
 
 
-def test_timers_scheduled_and_cancelled_in_the_same_iteration_never_reach_the_heap(
+def test_a_timer_scheduled_while_the_store_is_busy_waits_in_incoming(vloop: Any) -> None:
+    # As when a finalizer schedules one while the loop is in pop_due().
+    store = vloop._timers
+    when = vloop.time() + 1.0
+    store.busy = True
+    first = vloop.call_at(when, print)
+    store.busy = False
+    second = vloop.call_at(when, print)  # must not overtake the first
+    assert list(store.incoming) == [first, second]
+    assert store.by_deadline == {}
+    vloop.call_soon(vloop.stop)
+    vloop.run_forever()
+    assert store.by_deadline == {when: [first, second]}
+    assert pending_timers(vloop) == [first, second]
+
+
+def test_a_timer_cancelled_before_the_next_iteration_leaves_the_heap_then(
     vloop: Any,
 ) -> None:
     vloop.call_later(1.0, print).cancel()

@@ -203,8 +203,7 @@ class Loop(
     def _run_once(self) -> None:
         """One iteration: wait, collect what is due, run it (the steps: see the module)."""
         ready, timers = self._ready, self._timers
-        # Instruments (instruments.py), or None: one check per step below, and per hook.
-        hooks = self._hooks
+        hooks = self._hooks  # the instruments (instruments.py), or None: one check per step
         if hooks is not None and hooks.iteration_started:
             hooks.call("iteration_started", self)
 
@@ -251,6 +250,7 @@ class Loop(
             if hooks is not None and hooks.timer_fired:
                 for timer in fired:
                     hooks.call("timer_fired", self, timer, now - timer._when)
+            del fired  # (else the handles would all be freed at once, cache-cold, at return)
 
         # 4. Run exactly the callbacks that are ready now, the one place where
         #    callbacks are called: what they schedule waits for the next iteration.

@@ -148,8 +148,9 @@ class Loop(
         # _run_once pops from it; anything, in any thread, may append
         # (deque.append is atomic, which call_soon_threadsafe relies on).
         self._ready: collections.deque[Handle] = collections.deque()
-        # The timers, earliest deadline first.  Only _run_once changes the
-        # store's shape, at two known points (timers.py explains why).
+        # The timers, earliest deadline first.  A cancel only counts; the
+        # store drops cancelled timers at one known point, the start of
+        # step 1 of _run_once (timers.py explains why).
         self._timers = TimerStore()
 
         self._stopping = False  # stop() was called; leave after this iteration

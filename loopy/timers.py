@@ -24,8 +24,10 @@ moving due timers to the ready queue.  So the work is split:
   ``schedule()`` that finds ``busy`` set was called by code that interrupted
   one of those: it only appends the handle to ``incoming``, and the next
   ``tidy()`` files it (so do the ones after it, until then: none may
-  overtake it).  The containers are changed in place, never replaced, so a
-  reference held across an interruption stays good.
+  overtake it).  Filing reads the entry for a deadline and writes it back:
+  a second filing run in between, by a finalizer, would be lost.  The
+  containers are changed in place, never replaced, so a reference held
+  across an interruption stays good.
 
 **Counting.**  ``count`` and ``cancelled`` are exact (the tests check them
 after every iteration), and each ``+=``/``-=`` on them is a read, an integer
@@ -37,7 +39,8 @@ at ``_cancelled``.  No Python code can run between those two attribute
 accesses (no call, no allocation, no backward jump: nothing at which CPython
 runs a finalizer, a signal handler or a profile hook), so a ``cancel()``
 either came before both, and was counted and is un-counted, or after both,
-and is neither.
+and is neither.  (A line tracer, a debugger stepping through this file, can
+run code anywhere: cancelling timers from one is not supported.)
 """
 
 from __future__ import annotations

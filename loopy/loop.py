@@ -598,12 +598,12 @@ class Loop(
             self._forget(fd, watch)
             watch = None
         if watch is None:
-            watch = self._watches[fd] = Watch(fileobj, event)
-            try:
-                self._selector.register(fileobj, event, watch)
-            except BaseException:
-                del self._watches[fd]
-                raise
+            # Registered first, entered in the table after: a finalizer or a
+            # signal handler that runs inside register() and unwatches this
+            # descriptor must not find a watch the selector does not know.
+            watch = Watch(fileobj, event)
+            self._selector.register(fileobj, event, watch)
+            self._watches[fd] = watch
         elif not watch.events & event:
             self._selector.modify(watch.fileobj, watch.events | event, watch)
             watch.events |= event

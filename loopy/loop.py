@@ -265,12 +265,12 @@ class Loop(
             if observed:
                 started = self._callback_starting(handle)
             try:
-                # In the handle's context; without *args when there are none,
-                # about three times cheaper.  (Only cancel() clears _callback.)
+                # In the handle's context; without *args when there are none (3x cheaper).
                 if handle._cancelled:
                     pass  # (by an instrument's callback_started)
-                elif handle._args:
-                    handle._context.run(handle._callback, *handle._args)  # type: ignore[arg-type]
+                elif handle._args:  # (both read before *args allocates: a __del__ may cancel)
+                    callback, args = handle._callback, handle._args
+                    handle._context.run(callback, *args)  # type: ignore[arg-type]
                 else:
                     handle._context.run(handle._callback)  # type: ignore[arg-type]
             except (SystemExit, KeyboardInterrupt):

@@ -17,6 +17,8 @@ benchmark                 one operation is
                           it, 100 at a time
 ``future_wakeup``         a task awaiting a future that a ``call_soon``
                           callback resolves
+``futures``               ``create_future()``, ``set_result``, ``await``: the
+                          loop's cost of a future that is already done
 ``sleep0``                ``await asyncio.sleep(0)`` in a task
 ``timer_memory``          (not timed) RSS growth per pending ``call_later``
 ========================  ==================================================
@@ -44,6 +46,7 @@ SIZES = {
     "timers": 200_000,
     "tasks": 200_000,
     "future_wakeup": 300_000,
+    "futures": 500_000,
     "sleep0": 300_000,
     "timer_memory": 100_000,
 }
@@ -122,6 +125,17 @@ def bench_future_wakeup(loop: asyncio.AbstractEventLoop, n: int) -> dict[str, fl
     return timed(loop, lambda: loop.run_until_complete(main()), n)
 
 
+def bench_futures(loop: asyncio.AbstractEventLoop, n: int) -> dict[str, float]:
+    async def main() -> None:
+        create_future = loop.create_future
+        for _ in range(n):
+            future = create_future()
+            future.set_result(None)
+            await future
+
+    return timed(loop, lambda: loop.run_until_complete(main()), n)
+
+
 def bench_sleep0(loop: asyncio.AbstractEventLoop, n: int) -> dict[str, float]:
     async def main() -> None:
         sleep = asyncio.sleep
@@ -153,6 +167,7 @@ RUNNERS: dict[str, Callable[[asyncio.AbstractEventLoop, int], dict[str, float]]]
     "timers": bench_timers,
     "tasks": bench_tasks,
     "future_wakeup": bench_future_wakeup,
+    "futures": bench_futures,
     "sleep0": bench_sleep0,
     "timer_memory": bench_timer_memory,
 }

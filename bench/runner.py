@@ -37,7 +37,7 @@ from bench.stats import paired_ratios, ratio_summary, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 BASELINE = "asyncio"
-MICRO_BENCHMARKS = ("call_soon", "timers", "tasks", "future_wakeup", "sleep0")
+MICRO_BENCHMARKS = ("call_soon", "timers", "tasks", "future_wakeup", "futures", "sleep0")
 SERVER_START_TIMEOUT = 60.0
 SUBPROCESS_TIMEOUT = 600.0
 # A fresh server is slower for its first moments (cold caches, first

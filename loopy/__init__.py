@@ -4,6 +4,8 @@ Start reading at ``loop.py``.  The package's files are its architecture:
 
 * ``loop.py``     the run loop: scheduling, timers, watching file descriptors
 * ``handles.py``  a scheduled callback and how it is cancelled
+* ``timers.py``   the timer store: a heap of deadlines the loop tidies once per iteration
+* ``contract.py`` what transports, servers, pipes... and trace use of the loop
 * ``futures.py``  loopy's own Future: a result that is not there yet
 * ``tasks.py``    loopy's own Task: drives a coroutine, one step per callback
 * ``sockets.py``  ``sock_recv``, ``sock_sendall``... as coroutines
@@ -24,12 +26,21 @@ Start reading at ``loop.py``.  The package's files are its architecture:
 * ``cli.py``      the ``loopy`` command
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .futures import Future
 from .loop import TASK_MODES, Loop, new_event_loop
 from .runners import EventLoopPolicy, install, run
 from .servers import Server
 from .tasks import Task
-from .trace import describe, tracing
+
+if TYPE_CHECKING:
+    from . import trace as trace
+    from .trace import tracing
+    from .trace.describe import describe
 
 __all__ = [
     "TASK_MODES",
@@ -45,3 +56,21 @@ __all__ = [
     "tracing",
 ]
 __version__ = "0.1.0"
+
+#: Names this package lends from ``loopy.trace``.
+_FROM_TRACE = ("describe", "tracing")
+
+
+def __getattr__(name: str) -> Any:
+    """``loopy.trace`` and the names it lends, imported the first time they are asked for.
+
+    The trace package (recorder, exporter, HTML viewer) is a quarter of the
+    package's import time, and a program that never traces should not pay
+    it; ``LOOPY_TRACE`` imports it from ``new_event_loop`` when set.
+    """
+    if name == "trace" or name in _FROM_TRACE:
+        trace = importlib.import_module(".trace", __name__)
+        value = trace if name == "trace" else getattr(trace, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

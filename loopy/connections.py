@@ -27,6 +27,7 @@ from asyncio import sslproto, staggered
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, cast
 
+from .contract import LoopMixin
 from .transports import SocketTransport, start_transport
 
 AddrInfo = tuple[Any, ...]
@@ -146,7 +147,7 @@ def _retrieve_exception(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-class ConnectionMethods:
+class ConnectionMethods(LoopMixin):
     """Name resolution and client connections (a mixin of :class:`loopy.loop.Loop`)."""
 
     # Provided by the loop and its other mixins; declared for the type checker.

@@ -38,9 +38,10 @@ import logging
 import socket
 from asyncio.trsock import TransportSocket
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import versions
+from .contract import LoopMixin
 from .servers import remove_stale_socket_file
 from .sockets import _TRY_AGAIN, _check_nonblocking
 from .transports import (
@@ -50,6 +51,9 @@ from .transports import (
     _check_bytes_like,
     start_transport,
 )
+
+if TYPE_CHECKING:
+    from .contract import LoopContract
 
 # Its warnings are the ones asyncio gives for the same events, so they go
 # where asyncio's users look for them: the logger named "asyncio".
@@ -73,7 +77,7 @@ class DatagramTransport(FileTransport, FlowControl, asyncio.DatagramTransport, a
 
     def __init__(
         self,
-        loop: Any,
+        loop: LoopContract,
         sock: socket.socket,
         protocol: asyncio.BaseProtocol,
         address: Any = None,
@@ -311,7 +315,7 @@ def _check_no_socket_options(**options: Any) -> None:
         )
 
 
-class DatagramMethods:
+class DatagramMethods(LoopMixin):
     """Datagram endpoints and datagram socket coroutines (a mixin of :class:`loopy.loop.Loop`)."""
 
     # Provided by the loop and its other mixins; declared for the type checker.

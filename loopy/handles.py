@@ -9,8 +9,8 @@ A handle is deliberately dumb.  It knows its callback, the callback's
 arguments and the :mod:`contextvars` context to run it in, and it can be
 cancelled.  Cancelling does not remove it from the queue or heap it sits in
 (finding it there would cost a search); the loop simply skips cancelled handles
-when it gets to them, and the timer heap is compacted when too many of them
-pile up (see ``Loop._cancelled_timers``).
+when it gets to them, and the timer store is compacted when too many of them
+pile up (see ``timers.py``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from . import versions
 
 if TYPE_CHECKING:
-    from .loop import Loop
+    from .contract import LoopContract
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -132,7 +132,7 @@ class Handle(asyncio.Handle):
         self,
         callback: Callable[..., object],
         args: tuple[Any, ...],
-        loop: Loop,
+        loop: LoopContract,
         context: contextvars.Context | None = None,
     ) -> None:
         self._callback: Callable[..., object] | None = callback
@@ -191,10 +191,10 @@ class Handle(asyncio.Handle):
 class TimerHandle(Handle, asyncio.TimerHandle):
     """A handle with a deadline, on the loop's clock (``loop.time()``).
 
-    The loop keeps a heap of deadlines and, for each deadline, the timers
-    due then in the order they were scheduled (see ``Loop._timers``): timers
-    with equal deadlines run in that order, a guarantee asyncio's own heap
-    does not give.
+    The loop's timer store keeps a heap of deadlines and, for each deadline,
+    the timers due then in the order they were scheduled (see ``timers.py``):
+    timers with equal deadlines run in that order, a guarantee asyncio's own
+    heap does not give.
 
     Like :class:`Handle`, it subclasses asyncio's class for ``isinstance``
     checks only; ``_when`` and ``_scheduled`` are that class's slots.
@@ -207,13 +207,13 @@ class TimerHandle(Handle, asyncio.TimerHandle):
         when: float,
         callback: Callable[..., object],
         args: tuple[Any, ...],
-        loop: Loop,
+        loop: LoopContract,
         context: contextvars.Context | None = None,
     ) -> None:
         super().__init__(callback, args, loop, context)
         self._when = when
-        # True while the handle sits in the loop's timer heap; the loop uses
-        # it to count cancelled timers that still take up room there.
+        # True while the handle sits in the loop's timer store, which uses it
+        # to count cancelled timers that still take up room there.
         self._scheduled = False
 
     def when(self) -> float:
@@ -221,14 +221,22 @@ class TimerHandle(Handle, asyncio.TimerHandle):
         return self._when
 
     def cancel(self) -> None:
-        """Cancel the timer; the loop counts it, and rebuilds its heap once most are cancelled."""
+        """Cancel the timer: mark it and count it; the loop drops it from its store later."""
         if self._cancelled:
             return
-        super().cancel()
+        # Flag and count first, with no call since the test above: a cancel()
+        # that interrupts this one (from a signal handler or a finalizer)
+        # finds the flag set and counts nothing.  Only a count: this may run
+        # in the middle of the loop's own work on its store (timers.py).
+        self._cancelled = True
         if self._scheduled:
-            # Tell the loop after the flag is set: it may compact the heap
-            # right away, and must see this timer as cancelled when it does.
-            self._loop._timer_cancelled()
+            self._loop._timers.cancelled += 1
+        if self._loop._debug:
+            self._repr = repr(
+                self
+            )  # (as Handle.cancel; a repr may run any code, so after the count)
+        self._callback = None
+        self._args = ()
 
     def _repr_info(self) -> list[str]:
         info = super()._repr_info()

@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
-import heapq
 import logging
 import os
 import selectors
@@ -69,6 +68,7 @@ from .sockets import SocketMethods
 from .subprocesses import SubprocessMethods
 from .tasks import Task as LoopyTask
 from .threads import ThreadMethods
+from .timers import TimerStore
 from .wakeup import Waker
 
 if TYPE_CHECKING:
@@ -101,12 +101,6 @@ TASK_MODE_ENV = "LOOPY_TASKS"
 # select() with a huge timeout fails on some platforms (and a day-long timer
 # gains nothing from one long wait): never wait longer than this in one call.
 MAXIMUM_SELECT_TIMEOUT = 24 * 3600
-
-# Cancelled timers stay in the heap until they reach its top.  When more than
-# this many, and more than half of the heap, are cancelled, rebuild the heap
-# without them, so that a program that keeps rescheduling timeouts (every
-# read with a deadline does) does not grow the heap without bound.
-_MIN_CANCELLED_TIMERS_TO_COMPACT = 100
 
 
 def resolve_task_mode(mode: str | None) -> TaskMode:
@@ -160,18 +154,10 @@ class Loop(
         # _run_once pops from it; anything, in any thread, may append
         # (deque.append is atomic, which call_soon_threadsafe relies on).
         self._ready: collections.deque[Handle] = collections.deque()
-        # The timers.  _deadlines is a heap of deadlines, each once (floats:
-        # the heap compares them in C); _timers maps each deadline to what is
-        # due then: one TimerHandle, or a list of them in scheduling order
-        # when several share it.  (One object per timer, the handle: with
-        # many live timers, the garbage collector's work grows with every
-        # object it tracks, and a (when, sequence, handle) tuple per timer
-        # made it half as much again.)
-        # Invariant: _deadlines holds exactly the keys of _timers.
-        self._deadlines: list[float] = []
-        self._timers: dict[float, TimerHandle | list[TimerHandle]] = {}
-        self._timer_count = 0  # handles in _timers, cancelled ones included
-        self._cancelled_timers = 0  # of those, how many are cancelled
+        # The timers, earliest deadline first.  A cancel only counts; the
+        # store drops cancelled timers at one known point, the start of
+        # step 1 of _run_once (timers.py explains why).
+        self._timers = TimerStore()
 
         self._stopping = False  # stop() was called; leave after this iteration
         self._iterations = 0  # _run_once calls so far; only grows (monitor/ reads it)
@@ -213,8 +199,10 @@ class Loop(
         self._watches: dict[int, Watch] = {}
         self._waker = Waker()
         self.add_reader(self._waker.fileno(), self._on_wakeup)
-        SignalMethods.__init__(self)
-        ThreadMethods.__init__(self)
+        # The mixins' own set-up and tear-down: each named after its mixin,
+        # so that no two can collide (or be skipped by a missing super()).
+        self._setup_signals()
+        self._setup_threads()
 
     def __repr__(self) -> str:
         return (
@@ -227,38 +215,26 @@ class Loop(
     # ------------------------------------------------------------------
 
     def _run_once(self) -> None:
-        """Run one iteration of the loop: wait, collect what is due, run it.
-
-        This is the only place where callbacks are run.  The steps and their
-        order are described at the top of this module.
-        """
-        ready = self._ready
-        deadlines = self._deadlines
-        # Instruments (instruments.py), or None: with none attached, watching
-        # costs one check per step below; with some, each hook that no
-        # instrument defines costs one more (an empty tuple).
-        hooks = self._hooks
+        """One iteration: wait, collect what is due, run it (the steps: see the module)."""
+        ready, timers = self._ready, self._timers
+        hooks, flight = self._hooks, self._flight  # instruments.py, trace/flight.py; or None
         self._iterations += 1  # read by the monitor (monitor/), from its own thread
         if hooks is not None and hooks.iteration_started:
             hooks.call("iteration_started", self)
 
-        # 1. How long may select() block?
+        # 1. How long may select() block?  First the timer store drops what
+        #    was cancelled (and files what waits in incoming): its one tidy-up.
+        if timers.incoming or timers.cancelled:
+            timers.tidy()
+        deadlines = timers.deadlines  # (changed in place only: safe to keep)
         if ready or self._stopping:
             timeout: float | None = 0.0
         elif deadlines:
-            head = self._timers[deadlines[0]]
-            if isinstance(head, list) or head._cancelled:
-                self._drop_cancelled_head_timers()
-            if deadlines:
-                # (Comparisons, not min()/max(): those builtins cost several
-                # times more, once per iteration.)
-                timeout = deadlines[0] - self._clock()
-                if timeout < 0.0:
-                    timeout = 0.0
-                elif timeout > MAXIMUM_SELECT_TIMEOUT:
-                    timeout = MAXIMUM_SELECT_TIMEOUT
-            else:
-                timeout = None
+            timeout = deadlines[0] - self._clock()  # (min()/max() would cost more)
+            if timeout < 0.0:
+                timeout = 0.0
+            elif timeout > MAXIMUM_SELECT_TIMEOUT:
+                timeout = MAXIMUM_SELECT_TIMEOUT
         else:
             timeout = None
 
@@ -266,23 +242,17 @@ class Loop(
         watches = self._watches
         poll, readable, writable = self._readiness
         if timeout == 0 and len(watches) == 1 and not self._signal_handlers:
-            # Only the wake-up socket is watched, and it carries nothing we
-            # could miss (threadsafe callbacks are queued already): skip the
-            # system call.  This makes a busy callback chain several times faster.
-            polled = []
+            polled = []  # only the wake-up socket, with nothing we could miss: no syscall
         elif hooks is None:
             polled = poll(timeout)
         else:
-            if hooks.wait_started:
-                hooks.call("wait_started", self, timeout)
-            polled = poll(timeout)
-            if hooks.wait_finished:
-                hooks.call("wait_finished", self, self._ready_masks(polled))
-        flight = self._flight  # [flight recorder] where the handles of `polled` will be
-        if flight is not None:
-            flight.io_from = len(ready)
+            polled = self._poll_observed(hooks, timeout)
+        io_from = len(ready)  # where step 2's handles begin (for the flight recorder)
         for fd, events in polled:
-            watch = watches[fd]  # (every descriptor the selector knows is in _watches)
+            try:
+                watch = watches[fd]
+            except KeyError:  # unwatched since the poll (by a hook or a __del__)
+                continue
             # An error or hang-up sets both bits: a direction nobody watches has no handle.
             if events & readable and watch.reader is not None:
                 ready.append(watch.reader)
@@ -290,70 +260,70 @@ class Loop(
                 ready.append(watch.writer)
 
         # 3. Move every due timer to the ready queue, earliest first.
-        if deadlines:
-            now = self._clock()
-            end = now + self._clock_resolution
-            while deadlines and deadlines[0] < end:
-                due = self._timers.pop(heapq.heappop(deadlines))
-                for timer in due if isinstance(due, list) else (due,):
-                    timer._scheduled = False
-                    self._timer_count -= 1
-                    if timer._cancelled:
-                        self._cancelled_timers -= 1
-                        continue
-                    ready.append(timer)
-                    if hooks is not None and hooks.timer_fired:
-                        hooks.call("timer_fired", self, timer, now - timer._when)
+        if deadlines and deadlines[0] < (now := self._clock()) + self._clock_resolution:
+            fired = timers.pop_due(now + self._clock_resolution)
+            ready.extend(fired)
+            if hooks is not None and hooks.timer_fired:
+                for timer in fired:
+                    hooks.call("timer_fired", self, timer, now - timer._when)
+            del fired  # (else the handles would all be freed at once, cache-cold, at return)
 
-        # 4. Run exactly the callbacks that are ready now.  Anything they
-        #    schedule lands behind them and waits for the next iteration.
-        #    This is the one place where callbacks are called (and its
-        #    recording twin, FlightRecorder.run_ready, when one is on).
-        if flight is not None:  # [flight recorder]
-            flight.run_ready(self, hooks, polled, timeout)
-            if hooks is not None and hooks.iteration_finished:
-                hooks.call("iteration_finished", self)
-            return
-        popleft = ready.popleft
-        # Instruments that watch callbacks, and debug mode, see each one.
-        observed = self._debug or (hooks is not None and hooks.watches_callbacks)
-        for _ in range(len(ready)):
-            handle = popleft()
-            if handle._cancelled:
-                continue
-            if observed:
-                started = self._callback_starting(handle)
-            try:
-                # In the handle's context; without *args when there are none,
-                # which is about three times cheaper.  (A live handle always
-                # has its callback: only cancel() clears it.)
-                if handle._args:
-                    handle._context.run(handle._callback, *handle._args)  # type: ignore[arg-type]
-                else:
-                    handle._context.run(handle._callback)  # type: ignore[arg-type]
-            except (SystemExit, KeyboardInterrupt):
-                raise  # these stop the loop, as they stop any Python program
-            except BaseException as exc:
-                self._callback_failed(handle, exc)  # anything else: report, carry on
-            if observed:
-                self._callback_finished(handle, started)
-        # A traceback through a callback keeps this frame (its callers'
-        # frames, on 3.11), and with it the last handle run: a handle that
-        # holds the error (a Task holding its exception, a future in the
-        # arguments) would make a reference cycle.
-        handle = None  # type: ignore[assignment]
+        # 4. Run exactly the callbacks ready now, what they schedule waits for the next
+        #    iteration: here (or in FlightRecorder.run_ready, the recording twin).
+        if flight is not None:
+            flight.run_ready(self, hooks, polled, timeout, io_from)
+        else:
+            popleft = ready.popleft
+            # Instruments that watch callbacks, and debug mode, see each one.
+            observed = self._debug or (hooks is not None and hooks.watches_callbacks)
+            for _ in range(len(ready)):
+                handle = popleft()
+                if handle._cancelled:
+                    continue
+                if observed:
+                    started = self._callback_starting(handle)
+                try:
+                    # In the handle's context; without *args when there are none (3x cheaper).
+                    if handle._cancelled:
+                        pass  # (by an instrument's callback_started)
+                    elif handle._args:  # (both read before *args allocates: a __del__ may cancel)
+                        callback, args = handle._callback, handle._args
+                        handle._context.run(callback, *args)  # type: ignore[arg-type]
+                    else:
+                        handle._context.run(handle._callback)  # type: ignore[arg-type]
+                except (SystemExit, KeyboardInterrupt):
+                    raise  # these stop the loop, as they stop any Python program
+                except BaseException as exc:
+                    self._callback_failed(handle, exc)  # anything else: report, carry on
+                if observed:
+                    self._callback_finished(handle, started)
+            # (A traceback keeps this frame: the last handle, holding an error,
+            # would make a reference cycle.)
+            handle = callback = args = None  # type: ignore[assignment]
         if hooks is not None and hooks.iteration_finished:
             hooks.call("iteration_finished", self)
+
+    def _poll_observed(self, hooks: Hooks, timeout: float | None) -> list[tuple[int, int]]:
+        """Step 2's ``poll(timeout)`` while instruments watch: they see the wait begin and end."""
+        if hooks.wait_started:
+            hooks.call("wait_started", self, timeout)
+        polled = self._readiness[0](timeout)
+        if hooks.wait_finished:
+            hooks.call("wait_finished", self, self._ready_masks(polled))
+        return polled
 
     def _ready_masks(self, polled: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """What ``poll`` reported, as ``(fd, EVENT_READ | EVENT_WRITE)`` for the instruments."""
         _, readable, writable = self._readiness
         reported = []
         for fd, events in polled:
+            watch = self._watches.get(fd)
+            if watch is None:
+                continue  # unwatched since the poll (by a __del__ or a signal handler)
             mask = (selectors.EVENT_READ if events & readable else 0) | (
                 selectors.EVENT_WRITE if events & writable else 0
             )
-            reported.append((fd, mask & self._watches[fd].events))
+            reported.append((fd, mask & watch.events))
         return reported
 
     def _callback_starting(self, handle: Handle) -> float:
@@ -395,46 +365,6 @@ class Loop(
         if handle._source_traceback:
             context["source_traceback"] = handle._source_traceback
         self.call_exception_handler(context)
-
-    def _drop_cancelled_head_timers(self) -> None:
-        """Drop the earliest deadlines whose timers are all cancelled: the first is then live."""
-        deadlines = self._deadlines
-        while deadlines:
-            due = _as_list(self._timers[deadlines[0]])
-            if not all(timer._cancelled for timer in due):
-                return
-            del self._timers[heapq.heappop(deadlines)]
-            for timer in due:
-                timer._scheduled = False
-            self._timer_count -= len(due)
-            self._cancelled_timers -= len(due)
-
-    def _timer_cancelled(self) -> None:
-        """Called by TimerHandle.cancel() for a timer that sits in the heap."""
-        self._cancelled_timers += 1
-        if (
-            self._cancelled_timers > _MIN_CANCELLED_TIMERS_TO_COMPACT
-            and self._cancelled_timers * 2 > self._timer_count
-        ):
-            self._compact_timers()
-
-    def _compact_timers(self) -> None:
-        """Rebuild the timers without the cancelled ones."""
-        live: dict[float, TimerHandle | list[TimerHandle]] = {}
-        for when, due in self._timers.items():
-            kept = []
-            for timer in _as_list(due):
-                if timer._cancelled:
-                    timer._scheduled = False
-                else:
-                    kept.append(timer)
-            if kept:
-                live[when] = kept[0] if len(kept) == 1 else kept
-        self._timers = live
-        self._deadlines = list(live)
-        heapq.heapify(self._deadlines)
-        self._timer_count -= self._cancelled_timers
-        self._cancelled_timers = 0
 
     # ------------------------------------------------------------------
     # Running and stopping
@@ -520,11 +450,9 @@ class Loop(
         self.stop_flight_recorder()  # (the stall dumps it has taken are written first)
         self._closed = True
         self._ready.clear()
-        self._deadlines.clear()
         self._timers.clear()
-        self._timer_count = self._cancelled_timers = 0
-        SignalMethods._close(self)
-        ThreadMethods._close(self)
+        self._close_signals()
+        self._close_threads()
         self._waker.close()
         # What is still watched stays open (it belongs to its owner), but
         # the loop lets go of it and of the callbacks that waited on it.
@@ -597,16 +525,7 @@ class Loop(
         if self._debug:
             self._check_callback(callback, "call_at")
         handle = TimerHandle(when, callback, args, self, context)
-        due = self._timers.get(when)
-        if due is None:
-            self._timers[when] = handle
-            heapq.heappush(self._deadlines, when)
-        elif isinstance(due, list):
-            due.append(handle)
-        else:
-            self._timers[when] = [due, handle]
-        self._timer_count += 1
-        handle._scheduled = True
+        self._timers.schedule(handle)
         if self._hooks is not None:
             self._hooks.call("timer_scheduled", self, handle)
         return handle
@@ -709,12 +628,12 @@ class Loop(
             self._forget(fd, watch)
             watch = None
         if watch is None:
-            watch = self._watches[fd] = Watch(fileobj, event)
-            try:
-                self._selector.register(fileobj, event, watch)
-            except BaseException:
-                del self._watches[fd]
-                raise
+            # Registered first, entered in the table after: a finalizer or a
+            # signal handler that runs inside register() and unwatches this
+            # descriptor must not find a watch the selector does not know.
+            watch = Watch(fileobj, event)
+            self._selector.register(fileobj, event, watch)
+            self._watches[fd] = watch
         elif not watch.events & event:
             self._selector.modify(watch.fileobj, watch.events | event, watch)
             watch.events |= event
@@ -774,8 +693,11 @@ class Loop(
 
     def create_future(self) -> asyncio.Future[Any]:
         """A new future bound to this loop, of the class the task mode picks."""
-        future: asyncio.Future[Any] = self._future_class(loop=self)
-        return future
+        # A load, then a call: ``self._future_class(...)`` would look the
+        # attribute up as a method, which CPython cannot specialize for an
+        # instance attribute (10 ns of the 170 this costs).
+        future_class: Callable[..., asyncio.Future[Any]] = self._future_class
+        return future_class(loop=self)
 
     def create_task(
         self,
@@ -1068,11 +990,6 @@ def _context_of(context: dict[str, Any]) -> contextvars.Context | None:
     get_context = getattr(about, "get_context", None)
     run_in = get_context() if get_context is not None else None
     return run_in if hasattr(run_in, "run") else None
-
-
-def _as_list(due: TimerHandle | list[TimerHandle]) -> list[TimerHandle]:
-    """The timers due at one deadline (see ``Loop._timers``), as a list."""
-    return due if isinstance(due, list) else [due]
 
 
 class Watch:

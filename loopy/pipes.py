@@ -42,8 +42,9 @@ import logging
 import os
 import stat
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .contract import LoopMixin
 from .transports import (
     _CONNECTION_ERRORS,
     _WRITES_AFTER_LOSS_BEFORE_WARNING,
@@ -54,6 +55,9 @@ from .transports import (
     _resolve_waiter,
     start_transport,
 )
+
+if TYPE_CHECKING:
+    from .contract import LoopContract
 
 # Its warnings are the ones asyncio gives for the same events, so they go
 # where asyncio's users look for them: the logger named "asyncio".
@@ -88,10 +92,10 @@ class _PipeTransport(FileTransport):
     :meth:`_lose_connection`, and the pipe is closed right after it.
     """
 
-    _loop: Any
+    _loop: LoopContract
     _protocol: asyncio.BaseProtocol
 
-    def _setup(self, loop: Any, pipe: Any, protocol: asyncio.BaseProtocol) -> None:
+    def _setup(self, loop: LoopContract, pipe: Any, protocol: asyncio.BaseProtocol) -> None:
         self._loop = loop
         self._pipe: Any = pipe
         self._fd: int = pipe.fileno()
@@ -142,7 +146,7 @@ class ReadPipeTransport(_PipeTransport, asyncio.ReadTransport):
 
     def __init__(
         self,
-        loop: Any,
+        loop: LoopContract,
         pipe: Any,
         protocol: asyncio.BaseProtocol,
         waiter: asyncio.Future[None] | None = None,
@@ -235,7 +239,7 @@ class WritePipeTransport(_PipeTransport, FlowControl, asyncio.Transport):
 
     def __init__(
         self,
-        loop: Any,
+        loop: LoopContract,
         pipe: Any,
         protocol: asyncio.BaseProtocol,
         waiter: asyncio.Future[None] | None = None,
@@ -350,7 +354,7 @@ class WritePipeTransport(_PipeTransport, FlowControl, asyncio.Transport):
         self._lose_connection(exc)
 
 
-class PipeMethods:
+class PipeMethods(LoopMixin):
     """``connect_read_pipe`` and ``connect_write_pipe`` (a mixin of :class:`loopy.loop.Loop`)."""
 
     # Provided by the loop; declared here for the type checker.

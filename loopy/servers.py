@@ -28,7 +28,12 @@ import socket
 import stat
 from asyncio.trsock import TransportSocket
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+from .contract import LoopMixin
+
+if TYPE_CHECKING:
+    from .contract import LoopContract
 
 from . import versions
 
@@ -55,7 +60,7 @@ class Server(asyncio.AbstractServer):
 
     def __init__(
         self,
-        loop: Any,
+        loop: LoopContract,
         sockets: list[socket.socket],
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         backlog: int,
@@ -83,8 +88,8 @@ class Server(asyncio.AbstractServer):
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         """The loop that accepts this server's connections."""
-        loop: asyncio.AbstractEventLoop = self._loop
-        return loop
+        # (Always an asyncio event loop, which a Protocol cannot say.)
+        return cast(asyncio.AbstractEventLoop, self._loop)
 
     def is_serving(self) -> bool:
         """True while the server accepts connections: from start_serving until close."""
@@ -307,7 +312,7 @@ def _open_listeners(
     return sockets
 
 
-class ServerMethods:
+class ServerMethods(LoopMixin):
     """``create_server`` and ``create_unix_server`` (a mixin of :class:`loopy.loop.Loop`)."""
 
     # Provided by the loop and its other mixins; declared for the type checker.

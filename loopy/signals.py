@@ -29,10 +29,11 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVarTuple, Unpack
 
+from .contract import LoopMixin
 from .handles import Handle
 
 if TYPE_CHECKING:
-    from .wakeup import Waker
+    pass
 
 _Ts = TypeVarTuple("_Ts")
 
@@ -48,12 +49,14 @@ def _check_signal(sig: object) -> None:
         raise ValueError(f"sig {sig} out of range")
 
 
-class SignalMethods:
-    """The signal part of the loop (a mixin of :class:`loopy.loop.Loop`)."""
+class SignalMethods(LoopMixin):
+    """The signal part of the loop (a mixin of :class:`loopy.loop.Loop`).
 
-    _waker: Waker
+    What it uses of the rest of the loop is in ``contract.py``.
+    """
 
-    def __init__(self) -> None:
+    def _setup_signals(self) -> None:
+        """Part of ``Loop.__init__``: no handler yet."""
         # signal number -> the handle to queue when it arrives
         self._signal_handlers: dict[int, Handle] = {}
         # The wake-up fd that was set before we claimed it, to restore.
@@ -72,12 +75,12 @@ class SignalMethods:
         if asyncio.iscoroutine(callback) or asyncio.iscoroutinefunction(callback):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
         _check_signal(sig)
-        self._check_closed()  # type: ignore[attr-defined]
+        self._check_closed()
         if threading.current_thread() is not threading.main_thread():
             raise RuntimeError("add_signal_handler() can only be called from the main thread")
         if not self._signal_handlers:
             self._claim_wakeup_fd()
-        self._signal_handlers[sig] = Handle(callback, args, self)  # type: ignore[arg-type]
+        self._signal_handlers[sig] = Handle(callback, args, self)
         try:
             signal.signal(sig, _ignore_signal)
             # Let system calls interrupted by this signal restart, rather
@@ -110,11 +113,11 @@ class SignalMethods:
         Bytes of 0 come from ``call_soon_threadsafe``, and numbers with no
         handler from a signal some other code handles: both are ignored.
         """
-        hooks = self._hooks  # type: ignore[attr-defined]
+        hooks = self._hooks
         for signum in data:
             handle = self._signal_handlers.get(signum)
             if handle is not None:
-                self._ready.append(handle)  # type: ignore[attr-defined]
+                self._ready.append(handle)
                 if hooks is not None:
                     hooks.call("signal_received", self, signum)
 
@@ -135,7 +138,7 @@ class SignalMethods:
                 pass  # its owner closed it meanwhile: nobody to give it back to
         self._previous_wakeup_fd = None
 
-    def _close(self) -> None:
+    def _close_signals(self) -> None:
         """Remove every handler the loop installed (part of ``Loop.close``)."""
         if threading.current_thread() is not threading.main_thread():
             self._signal_handlers.clear()

@@ -54,8 +54,11 @@ def _is_ip_address(family: int, host: Any) -> bool:
 class SocketMethods:
     """The ``sock_*`` coroutines of the loop (a mixin of :class:`loopy.loop.Loop`).
 
-    The mixin uses only the loop's public API: ``create_future``,
-    ``add_reader``/``remove_reader`` and ``add_writer``/``remove_writer``.
+    What it uses of the loop is declared below: ``create_future``,
+    ``call_soon``, ``is_closed`` and ``getaddrinfo`` from the public API, and
+    the private ``_add_reader``/``_add_writer`` (they return the handle, so
+    each wait can later remove only its own registration) with
+    ``_remove_reader``/``_remove_writer``.
     """
 
     # Provided by the loop; declared here for the type checker.

@@ -39,10 +39,14 @@ import subprocess
 import threading
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .contract import LoopMixin
 from .pipes import ReadPipeTransport, WritePipeTransport
 from .transports import _resolve_waiter
+
+if TYPE_CHECKING:
+    from .contract import LoopContract
 
 
 def _open_pidfd(pid: int) -> int | None:
@@ -59,7 +63,7 @@ def _open_pidfd(pid: int) -> int | None:
 
 
 def _wait_in_thread(
-    proc: subprocess.Popen[bytes], loop: Any, report: Callable[[int], None]
+    proc: subprocess.Popen[bytes], loop: LoopContract, report: Callable[[int], None]
 ) -> None:
     """The fallback watcher: block until the child exits, then tell the loop."""
     returncode = proc.wait()
@@ -103,7 +107,7 @@ class SubprocessTransport(asyncio.SubprocessTransport):
 
     def __init__(
         self,
-        loop: Any,
+        loop: LoopContract,
         protocol: asyncio.BaseProtocol,
         proc: subprocess.Popen[bytes],
         waiter: asyncio.Future[None],
@@ -295,7 +299,7 @@ def _check_popen_arguments(
         raise ValueError("errors must be None")
 
 
-class SubprocessMethods:
+class SubprocessMethods(LoopMixin):
     """``subprocess_exec`` and ``subprocess_shell`` (a mixin of :class:`loopy.loop.Loop`)."""
 
     # Provided by the loop; declared here for the type checker.

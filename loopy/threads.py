@@ -22,24 +22,24 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar, TypeVarTuple, Unpack
 
+from .contract import LoopMixin
 from .handles import Handle, check_callable
 
 if TYPE_CHECKING:
-    import collections
-
-    from .wakeup import Waker
+    pass
 
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
 
 
-class ThreadMethods:
-    """The thread part of the loop (a mixin of :class:`loopy.loop.Loop`)."""
+class ThreadMethods(LoopMixin):
+    """The thread part of the loop (a mixin of :class:`loopy.loop.Loop`).
 
-    _waker: Waker
-    _ready: collections.deque[Handle]
+    What it uses of the rest of the loop is in ``contract.py``.
+    """
 
-    def __init__(self) -> None:
+    def _setup_threads(self) -> None:
+        """Part of ``Loop.__init__``: no executor until one is needed."""
         self._default_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._executor_shutdown_called = False
 
@@ -55,10 +55,10 @@ class ThreadMethods:
         thread: ``asyncio.Runner``'s Ctrl-C handler calls it from a signal
         handler that may interrupt ``select()``.
         """
-        self._check_closed()  # type: ignore[attr-defined]
-        if self._debug:  # type: ignore[attr-defined]
+        self._check_closed()
+        if self._debug:
             check_callable(callback, "call_soon_threadsafe")
-        handle = Handle(callback, args, self, context)  # type: ignore[arg-type]
+        handle = Handle(callback, args, self, context)
         self._ready.append(handle)
         self._waker.wake()
         return handle
@@ -70,8 +70,8 @@ class ThreadMethods:
         *args: *_Ts,
     ) -> asyncio.Future[_T]:
         """Run ``func(*args)`` in ``executor`` (None: a default thread pool); await the result."""
-        self._check_closed()  # type: ignore[attr-defined]
-        if self._debug:  # type: ignore[attr-defined]
+        self._check_closed()
+        if self._debug:
             check_callable(func, "run_in_executor")
         if executor is None:
             if self._executor_shutdown_called:
@@ -95,7 +95,7 @@ class ThreadMethods:
         executor = self._default_executor
         if executor is None:
             return
-        done: asyncio.Future[None] = self.create_future()  # type: ignore[attr-defined]
+        done: asyncio.Future[None] = self.create_future()
 
         def shut_down() -> None:
             try:
@@ -118,7 +118,7 @@ class ThreadMethods:
             )
             executor.shutdown(wait=False)
 
-    def _close(self) -> None:
+    def _close_threads(self) -> None:
         """Release the default executor (part of ``Loop.close``)."""
         executor, self._default_executor = self._default_executor, None
         self._executor_shutdown_called = True

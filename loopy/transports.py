@@ -8,11 +8,14 @@ pair, so once the transport works, streams work.
 
 :class:`SocketTransport` does all of its work in two loop callbacks:
 
-* :meth:`SocketTransport._on_readable`, registered with ``add_reader``:
+* ``SocketTransport._on_readable``, registered with the loop's
+  ``_add_reader``: an attribute, not a method, that ``_set_read_path`` points
+  at :meth:`SocketTransport._read_data` or, for an
+  ``asyncio.BufferedProtocol``, at :meth:`SocketTransport._read_into_buffer`.
   ``select()`` said the socket is readable, so one ``recv`` cannot block; the
-  bytes go straight to ``protocol.data_received`` (or, for an
-  ``asyncio.BufferedProtocol``, into the protocol's own buffer with
-  ``recv_into``).  This is the end of a byte's path from ``select()``.
+  bytes go straight to ``protocol.data_received`` (or into the protocol's own
+  buffer with ``recv_into``).  This is the end of a byte's path from
+  ``select()``.
 * :meth:`SocketTransport._on_writable`, registered with ``add_writer`` only
   while there is something buffered: sends as much of the write buffer as the
   kernel takes.
@@ -44,7 +47,10 @@ import warnings
 from asyncio.constants import _SendfileMode
 from asyncio.trsock import TransportSocket
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .contract import LoopContract
 
 # Its warnings are the ones asyncio gives for the same events, so they go
 # where asyncio's users look for them: the logger named "asyncio".
@@ -86,7 +92,7 @@ class FlowControl:
     _protocol_paused = False  # we called protocol.pause_writing() (asyncio's name for it)
 
     _protocol: Any
-    _loop: Any
+    _loop: LoopContract
 
     def get_write_buffer_size(self) -> int:
         """Bytes written but not yet sent; each transport counts its own buffer."""
@@ -150,7 +156,9 @@ class FileTransport:
     _closing: bool
     _protocol: asyncio.BaseProtocol
 
-    def _announce(self, loop: Any, protocol: Any, waiter: asyncio.Future[None] | None) -> None:
+    def _announce(
+        self, loop: LoopContract, protocol: Any, waiter: asyncio.Future[None] | None
+    ) -> None:
         """Schedule ``connection_made``, then reading, then the waiter's wake-up."""
         loop.call_soon(protocol.connection_made, self)
         # Only read once connection_made() has run.
@@ -189,7 +197,7 @@ class SocketTransport(FileTransport, FlowControl, asyncio.Transport):
 
     def __init__(
         self,
-        loop: Any,
+        loop: LoopContract,
         sock: socket.socket,
         protocol: asyncio.BaseProtocol,
         waiter: asyncio.Future[None] | None = None,
@@ -539,7 +547,7 @@ _LOST = asyncio.Protocol()
 
 
 async def start_transport(
-    loop: Any,
+    loop: LoopContract,
     protocol_factory: Callable[[], asyncio.BaseProtocol],
     make_transport: Callable[[asyncio.BaseProtocol, asyncio.Future[None]], Any],
 ) -> tuple[Any, Any]:

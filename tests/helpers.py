@@ -134,15 +134,36 @@ def run_until_interrupted(loop: Any, tidy: Callable[[], object]) -> None:
 def pending_timers(loop: Any) -> list[Any]:
     """A loopy loop's timers, cancelled ones included, earliest first (ties: scheduling order).
 
-    Also checks the invariants the loop keeps about them (see ``Loop._timers``).
+    Also checks every invariant of the loop's timer store (see ``TimerStore``
+    in ``loopy/timers.py``).
     """
-    assert sorted(loop._deadlines) == sorted(loop._timers)
-    timers = [
-        handle
-        for _, due in sorted(loop._timers.items())
-        for handle in (due if isinstance(due, list) else [due])
-    ]
-    assert len(timers) == loop._timer_count
-    assert sum(handle.cancelled() for handle in timers) == loop._cancelled_timers
-    assert all(handle._scheduled for handle in timers)
-    return timers
+    check_timer_store(loop._timers)
+    return list(loop._timers.pending())
+
+
+def check_timer_store(store: Any) -> None:
+    """Assert the invariants written in ``TimerStore``'s docstring."""
+    deadlines, by_deadline = store.deadlines, store.by_deadline
+    # A heap, holding each key of by_deadline exactly once.
+    assert all(
+        deadlines[i] <= deadlines[child]
+        for i in range(len(deadlines))
+        for child in (2 * i + 1, 2 * i + 2)
+        if child < len(deadlines)
+    )
+    assert sorted(deadlines) == sorted(by_deadline)
+    assert len(set(deadlines)) == len(deadlines)
+    filed = []
+    for when, due in by_deadline.items():
+        if isinstance(due, list):
+            assert len(due) >= 2  # one timer is kept bare, not in a list
+            group = due
+        else:
+            group = [due]
+        assert all(handle._when == when for handle in group)
+        filed += group
+    held = filed + list(store.incoming)
+    assert len({id(handle) for handle in held}) == len(held)  # each handle once
+    assert store.count == len(held)
+    assert store.cancelled == sum(handle.cancelled() for handle in held)
+    assert all(handle._scheduled for handle in held)

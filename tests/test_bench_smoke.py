@@ -63,6 +63,7 @@ def expected_ids() -> set[str]:
         "micro/timers",
         "micro/tasks",
         "micro/future_wakeup",
+        "micro/futures",
         "micro/sleep0",
         "instrument/echo/protocol/100",
         "instrument/micro/call_soon",

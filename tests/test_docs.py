@@ -38,6 +38,7 @@ LOOPY_CLASSES = {
     "Watch": "loopy.loop",
     "Handle": "loopy.handles",
     "TimerHandle": "loopy.handles",
+    "TimerStore": "loopy.timers",
     "Future": "loopy.futures",
     "Task": "loopy.tasks",
     "SocketMethods": "loopy.sockets",

@@ -451,7 +451,7 @@ class MonitorServer:
             "blocked_for_exact": watched.progress_exact,
             "step": what,
             "ready": len(loop._ready),
-            "timers": loop._timer_count - loop._cancelled_timers,
+            "timers": loop._timers.count - loop._timers.cancelled,
             "stack": probe.thread_stack(top, run_once if phase == "callback" else None),
         }
         state["descriptors"], state["fds"] = probe.describe_fds(loop)

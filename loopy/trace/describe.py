@@ -244,9 +244,8 @@ def snapshot(loop: Any) -> LoopSnapshot:
     now = loop.time()
     ready = tuple(handle_label(h) for h in loop._ready if not h.cancelled())
     timers = tuple(
-        TimerInfo(when - now, handle_label(handle))
-        for when, due in sorted(loop._timers.items())
-        for handle in (due if isinstance(due, list) else [due])
+        TimerInfo(handle.when() - now, handle_label(handle))
+        for handle in loop._timers.pending()
         if not handle.cancelled()
     )
     return LoopSnapshot(

@@ -184,7 +184,7 @@ class FlightRecorder:
     """The ring of one loop's recent events; see the module docstring.
 
     Start it with ``loop.start_flight_recorder(seconds)``; ``_run_once``
-    sets ``wait_start`` and ``io_from`` and calls :meth:`run_ready`, and
+    calls :meth:`run_ready` for its step 4, and
     ``create_task`` calls :meth:`task_created`.
 
     Invariants: ``buf`` holds ``capacity`` slots and ``ring`` is a
@@ -199,7 +199,7 @@ class FlightRecorder:
     __slots__ = (
         "__weakref__", "_codes", "_dead_tasks", "_hot", "_loop", "_name_index", "_next_task",
         "_task_numbers", "_task_refs", "_watchdog", "buf", "capacity", "clock", "dump_dir",
-        "end", "i", "io_from", "max_events", "names", "pid", "ring", "running",
+        "end", "i", "max_events", "names", "pid", "ring", "running",
         "seconds", "stall_after", "started", "step_code", "task_labels", "task_mode",
         "wait_start", "wrapped",
     )  # fmt: skip
@@ -229,10 +229,8 @@ class FlightRecorder:
         self.pid = os.getpid()
         self.started = self.clock()  # nothing is older: a dump begins here at the earliest
         self.task_mode: str | None = getattr(loop, "task_mode", None)
-        # Where the next wait begins (the end of the last step), and where
-        # in the ready queue the handles step 2 queues begin (_run_once sets it).
+        # Where the next wait begins (the end of the last step).
         self.wait_start = self.started
-        self.io_from = 0
         self.running = -1.0
         self.step_code = 0
         # Names: key (the id of a code object, a type, a builtin's name) ->
@@ -304,15 +302,20 @@ class FlightRecorder:
         self.i = i + SLOT
 
     def run_ready(
-        self, loop: Any, hooks: Any, polled: list[tuple[int, int]], timeout: float | None
+        self,
+        loop: Any,
+        hooks: Any,
+        polled: list[tuple[int, int]],
+        timeout: float | None,
+        io_from: int,
     ) -> None:
         """Step 4 of ``_run_once``, recorded: run exactly the callbacks that are ready now.
 
         The same loop as the unrecorded one in ``Loop._run_once`` (keep the
         two alike), with the iteration's wait and each callback's end time,
-        name and task or descriptor written into the ring.  ``_run_once``
-        set ``io_from`` (the length of the ready queue) before step 2 queued
-        the handles of the descriptors in ``polled``; step 2's rule is
+        name and task or descriptor written into the ring.  ``io_from`` is
+        the length of the ready queue before step 2 queued the handles of
+        the descriptors in ``polled``; step 2's rule is
         replayed here to know which handle is whose.  Two clock reads are
         saved per iteration: the wait is taken to begin where the last
         iteration's last step ended (steps 1 and, between two runs of the
@@ -322,7 +325,6 @@ class FlightRecorder:
         clock, names_get, tasks_get, stall_after, readable, writable = self._hot
         t_prev = clock()
         ready = loop._ready
-        io_from = self.io_from
         # The wait: two slots, written at once.
         i = self.i
         if i > self.end - 2 * SLOT:
@@ -388,8 +390,13 @@ class FlightRecorder:
                 if observed:
                     started = loop._callback_starting(handle)
                 try:
-                    if handle._args:
-                        handle._context.run(callback, *handle._args)
+                    # (As in _run_once: cancelled by callback_started, or by a
+                    # __del__ that *args' allocation runs.)
+                    if handle._cancelled:
+                        pass
+                    elif handle._args:
+                        args = handle._args
+                        handle._context.run(callback, *args)
                     else:
                         handle._context.run(callback)
                 except (SystemExit, KeyboardInterrupt):
@@ -418,7 +425,7 @@ class FlightRecorder:
             self.wait_start = t_prev  # where the next iteration's wait begins
             # (As in _run_once: a traceback through a callback keeps this
             # frame, and these would make reference cycles.)
-            handle = callback = task = None
+            handle = callback = args = task = None
 
     # ------------------------------------------------------------------
     # Names and tasks (slow paths: once per function, once per task)

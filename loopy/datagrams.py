@@ -48,6 +48,7 @@ from .transports import (
     _WRITES_AFTER_LOSS_BEFORE_WARNING,
     FileTransport,
     FlowControl,
+    ReadControl,
     _check_bytes_like,
     start_transport,
 )
@@ -68,7 +69,9 @@ MAX_DATAGRAM_SIZE = 256 * 1024
 _NOT_GIVEN: Any = object()
 
 
-class DatagramTransport(FileTransport, FlowControl, asyncio.DatagramTransport, asyncio.Transport):
+class DatagramTransport(
+    FileTransport, ReadControl, FlowControl, asyncio.DatagramTransport, asyncio.Transport
+):
     """A transport over a datagram socket, connected or not.
 
     Invariant: ``connection_lost`` is called exactly once, always through
@@ -103,7 +106,6 @@ class DatagramTransport(FileTransport, FlowControl, asyncio.DatagramTransport, a
         self._buffer: collections.deque[tuple[bytes, Any]] = collections.deque()
         self._buffer_size = 0  # bytes in _buffer
         self._closing = False  # close() or abort() was called
-        self._reading_paused = False  # the protocol called pause_reading()
         # How many times the connection was lost: 0 while it is alive.
         # Also counts datagrams dropped afterwards, to warn about them once.
         self._conn_lost = 0
@@ -123,27 +125,8 @@ class DatagramTransport(FileTransport, FlowControl, asyncio.DatagramTransport, a
         if not self._closing and not self._reading_paused:
             self._loop._add_reader(self._fd, self._on_readable)
 
-    def pause_reading(self) -> None:
-        """Stop calling ``datagram_received`` until :meth:`resume_reading`.
-
-        Datagrams that arrive meanwhile wait in the socket's receive buffer
-        (and the kernel drops those that do not fit), as on asyncio.
-        """
-        if self._closing or self._reading_paused:
-            return
-        self._reading_paused = True
+    def _stop_reading(self) -> None:
         self._loop._remove_reader(self._fd)
-
-    def resume_reading(self) -> None:
-        """Watch the socket again after :meth:`pause_reading`."""
-        if self._closing or not self._reading_paused:
-            return
-        self._reading_paused = False
-        self._start_reading()
-
-    def is_reading(self) -> bool:
-        """True unless reading is paused or the transport is closing."""
-        return not self._closing and not self._reading_paused
 
     def _on_readable(self) -> None:
         """A datagram (or an error) is waiting: hand it to the protocol."""

@@ -51,6 +51,7 @@ from .transports import (
     MAX_READ_SIZE,
     FileTransport,
     FlowControl,
+    ReadControl,
     _check_bytes_like,
     _resolve_waiter,
     start_transport,
@@ -141,7 +142,7 @@ class _PipeTransport(FileTransport):
             self._pipe = None
 
 
-class ReadPipeTransport(_PipeTransport, asyncio.ReadTransport):
+class ReadPipeTransport(_PipeTransport, ReadControl, asyncio.ReadTransport):
     """The reading end of a pipe (or a socket, or a pty) as ``data_received`` calls."""
 
     def __init__(
@@ -155,12 +156,14 @@ class ReadPipeTransport(_PipeTransport, asyncio.ReadTransport):
         super().__init__({**(extra or {}), "pipe": pipe})
         _file_type(pipe)
         self._setup(loop, pipe, protocol)
-        self._reading_paused = False  # the protocol called pause_reading()
         self._announce(loop, protocol, waiter)
 
     def _start_reading(self) -> None:
         if not self._closing and not self._reading_paused:
             self._loop._add_reader(self._fd, self._on_readable)
+
+    def _stop_reading(self) -> None:
+        self._loop._remove_reader(self._fd)
 
     def _on_readable(self) -> None:
         """The pipe is readable: hand what it has to ``protocol.data_received``."""
@@ -196,24 +199,6 @@ class ReadPipeTransport(_PipeTransport, asyncio.ReadTransport):
             self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
             return
         self._force_close(None)
-
-    def pause_reading(self) -> None:
-        """Stop calling ``data_received`` until :meth:`resume_reading`."""
-        if self._closing or self._reading_paused:
-            return
-        self._reading_paused = True
-        self._loop._remove_reader(self._fd)
-
-    def resume_reading(self) -> None:
-        """Watch the pipe again after :meth:`pause_reading`: ``data_received`` resumes."""
-        if self._closing or not self._reading_paused:
-            return
-        self._reading_paused = False
-        self._loop._add_reader(self._fd, self._on_readable)
-
-    def is_reading(self) -> bool:
-        """True unless reading is paused or the transport is closing."""
-        return not self._closing and not self._reading_paused
 
     def close(self) -> None:
         """Stop reading and lose the connection (the pipe is closed after ``connection_lost``)."""

@@ -192,7 +192,46 @@ class FileTransport:
         return self._closing
 
 
-class SocketTransport(FileTransport, FlowControl, asyncio.Transport):
+class ReadControl:
+    """``pause_reading``, ``resume_reading`` and ``is_reading`` (a mixin).
+
+    For every transport that reads: sockets here, read pipes in
+    ``pipes.py``, datagrams in ``datagrams.py``.  The transport provides
+    ``_start_reading`` (watch the descriptor, unless closing or paused) and
+    ``_stop_reading``.  While paused, what arrives waits in the kernel's
+    buffer (for datagrams: the kernel drops those that do not fit), as on
+    asyncio.
+    """
+
+    _closing: bool
+    _reading_paused = False  # the protocol called pause_reading()
+
+    def _start_reading(self) -> None:
+        raise NotImplementedError
+
+    def _stop_reading(self) -> None:
+        raise NotImplementedError
+
+    def pause_reading(self) -> None:
+        """Stop delivering what arrives (``data_received``...) until :meth:`resume_reading`."""
+        if self._closing or self._reading_paused:
+            return
+        self._reading_paused = True
+        self._stop_reading()
+
+    def resume_reading(self) -> None:
+        """Watch the descriptor again after :meth:`pause_reading`: delivery resumes."""
+        if self._closing or not self._reading_paused:
+            return
+        self._reading_paused = False
+        self._start_reading()
+
+    def is_reading(self) -> bool:
+        """True unless reading is paused or the transport is closing."""
+        return not self._closing and not self._reading_paused
+
+
+class SocketTransport(FileTransport, ReadControl, FlowControl, asyncio.Transport):
     """A transport over a connected stream socket (TCP or Unix)."""
 
     def __init__(
@@ -228,7 +267,6 @@ class SocketTransport(FileTransport, FlowControl, asyncio.Transport):
         self._protocol: asyncio.BaseProtocol = protocol
         self._set_read_path(protocol)
         self._write_buffer = bytearray()
-        self._reading_paused = False  # the protocol called pause_reading()
         self._reader_registered = False  # the selector watches the socket for us
         self._closing = False  # close() or abort() was called
         self._eof_sent = False  # write_eof() was called
@@ -346,24 +384,6 @@ class SocketTransport(FileTransport, FlowControl, asyncio.Transport):
             return
         if not keep_open:
             self.close()
-
-    def pause_reading(self) -> None:
-        """Stop calling ``data_received`` until :meth:`resume_reading`."""
-        if self._closing or self._reading_paused:
-            return
-        self._reading_paused = True
-        self._stop_reading()
-
-    def resume_reading(self) -> None:
-        """Watch the socket again after :meth:`pause_reading`: ``data_received`` resumes."""
-        if self._closing or not self._reading_paused:
-            return
-        self._reading_paused = False
-        self._start_reading()
-
-    def is_reading(self) -> bool:
-        """True unless reading is paused or the transport is closing."""
-        return not self._closing and not self._reading_paused
 
     # -- writing -------------------------------------------------------------
 

@@ -45,6 +45,7 @@ LOOPY_CLASSES = {
     "FileTransport": "loopy.transports",
     "SocketTransport": "loopy.transports",
     "FlowControl": "loopy.transports",
+    "ReadControl": "loopy.transports",
     "Waker": "loopy.wakeup",
     "Hooks": "loopy.instruments",
     "Instrument": "loopy.instruments",

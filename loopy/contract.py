@@ -26,6 +26,10 @@ The private names, and why each is shared:
 * ``_debug``, ``_hooks``, ``_waker`` and ``_check_closed`` are what handles,
   signals and threads read on their hot paths, where the public
   ``get_debug()`` or ``instruments`` would cost a call.
+* ``_clock``, ``_readiness`` and the three ``_callback_*`` methods are what
+  the flight recorder's copy of step 4 (``FlightRecorder.run_ready``) runs;
+  ``_thread_id`` and ``_iterations`` are what the monitor and the stall
+  watchdog read from their own threads (an int each: a read is atomic).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import os
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -40,10 +45,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
 
+    from .epoll import Readiness
     from .handles import Handle, TimerHandle
     from .instruments import Hooks
     from .loop import Watch
     from .timers import TimerStore
+    from .trace.flight import FlightRecorder
     from .wakeup import Waker
 
 __all__ = ["LoopContract", "LoopMixin"]
@@ -62,6 +69,21 @@ class LoopContract(Protocol):
     _debug: bool  # (get_debug() without the call: every Handle reads it)
     _hooks: Hooks | None  # the instruments, or None
     _waker: Waker  # the wake-up socket: threads and signals write to it
+    # -- read by the flight recorder (trace/flight.py) and the monitor (monitor/) ------
+    task_mode: str  # "asyncio" or "loopy": whose Future and Task the loop makes
+    _clock: Callable[[], float]  # time() without the call
+    _readiness: Readiness  # how step 2 asks the selector, and what its bits mean
+    _thread_id: int | None  # the thread running the loop, None when it is not running
+    _iterations: int  # _run_once calls so far (read from the monitor's thread)
+
+    def _callback_starting(self, handle: Handle) -> float:
+        """Step 4's bookkeeping before a callback (instruments, debug mode)."""
+
+    def _callback_finished(self, handle: Handle, started: float) -> None:
+        """Step 4's bookkeeping after a callback."""
+
+    def _callback_failed(self, handle: Handle, exc: BaseException) -> None:
+        """Step 4's report of a callback that raised."""
 
     def _check_closed(self) -> None:
         """Raise RuntimeError if the loop is closed."""
@@ -75,6 +97,18 @@ class LoopContract(Protocol):
 
     def is_closed(self) -> bool:
         """Whether ``close`` was called."""
+
+    def close(self) -> None:
+        """Close the loop (not while it runs)."""
+
+    def start_flight_recorder(
+        self,
+        seconds: float = 10.0,
+        *,
+        dump_on_stall: float | None = None,
+        dump_dir: str | os.PathLike[str] | None = None,
+    ) -> FlightRecorder:
+        """Keep the last ``seconds`` of the loop's events (``trace/flight.py``)."""
 
     def call_soon(
         self,

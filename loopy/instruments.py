@@ -32,7 +32,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .contract import LoopContract
 
 logger = logging.getLogger("loopy")
 
@@ -60,46 +63,46 @@ class Instrument:
     Subclassing is optional; any object with some of these methods works.
     """
 
-    def iteration_started(self, loop: Any) -> None:
+    def iteration_started(self, loop: LoopContract) -> None:
         """At the top of every iteration of ``_run_once``."""
 
-    def wait_started(self, loop: Any, timeout: float | None) -> None:
+    def wait_started(self, loop: LoopContract, timeout: float | None) -> None:
         """Right before ``select(timeout)``; ``timeout`` None means no limit."""
 
-    def wait_finished(self, loop: Any, events: list[tuple[int, int]]) -> None:
+    def wait_finished(self, loop: LoopContract, events: list[tuple[int, int]]) -> None:
         """Right after ``select()``, with the descriptors it reported: ``[(fd, mask), ...]``.
 
         ``mask`` is ``selectors.EVENT_READ``, ``EVENT_WRITE`` or both.
         """
 
-    def timer_fired(self, loop: Any, handle: Any, lateness: float) -> None:
+    def timer_fired(self, loop: LoopContract, handle: Any, lateness: float) -> None:
         """A due timer moved to the ready queue, ``lateness`` seconds past its deadline."""
 
-    def callback_started(self, loop: Any, handle: Any) -> None:
+    def callback_started(self, loop: LoopContract, handle: Any) -> None:
         """Before each callback of the ready queue (a task step is one)."""
 
-    def callback_finished(self, loop: Any, handle: Any) -> None:
+    def callback_finished(self, loop: LoopContract, handle: Any) -> None:
         """After that callback has run."""
 
-    def iteration_finished(self, loop: Any) -> None:
+    def iteration_finished(self, loop: LoopContract) -> None:
         """At the end of every iteration."""
 
-    def timer_scheduled(self, loop: Any, handle: Any) -> None:
+    def timer_scheduled(self, loop: LoopContract, handle: Any) -> None:
         """From ``call_at``/``call_later``, with the new timer's handle."""
 
-    def task_created(self, loop: Any, task: Any, parent: Any) -> None:
+    def task_created(self, loop: LoopContract, task: Any, parent: Any) -> None:
         """From ``create_task``; ``parent`` is the task that was running, or None."""
 
-    def task_finished(self, loop: Any, task: Any) -> None:
+    def task_finished(self, loop: LoopContract, task: Any) -> None:
         """When a task created by ``create_task`` is done."""
 
-    def signal_received(self, loop: Any, signum: int) -> None:
+    def signal_received(self, loop: LoopContract, signum: int) -> None:
         """When a signal with a handler (``add_signal_handler``) arrives."""
 
-    def exception_reported(self, loop: Any, context: dict[str, Any]) -> None:
+    def exception_reported(self, loop: LoopContract, context: dict[str, Any]) -> None:
         """From ``call_exception_handler``, with its context dict."""
 
-    def loop_closed(self, loop: Any) -> None:
+    def loop_closed(self, loop: LoopContract) -> None:
         """From ``close()``, before anything is released."""
 
 

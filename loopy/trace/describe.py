@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from ..handles import callback_name
+
+if TYPE_CHECKING:
+    from ..contract import LoopContract
 
 __all__ = [
     "FdInfo",
@@ -239,7 +242,7 @@ def _due(due_in: float) -> str:
     return f"overdue by {-due_in:.3f} s"
 
 
-def snapshot(loop: Any) -> LoopSnapshot:
+def snapshot(loop: LoopContract) -> LoopSnapshot:
     """The state of a loopy loop, as data (see :func:`describe` for text)."""
     now = loop.time()
     ready = tuple(handle_label(h) for h in loop._ready if not h.cancelled())
@@ -258,7 +261,7 @@ def snapshot(loop: Any) -> LoopSnapshot:
     )
 
 
-def _watched_fds(loop: Any) -> tuple[FdInfo, ...]:
+def _watched_fds(loop: LoopContract) -> tuple[FdInfo, ...]:
     """Each watched descriptor, with the handles waiting for it to be readable or writable."""
     if loop.is_closed():
         return ()
@@ -272,12 +275,16 @@ def _watched_fds(loop: Any) -> tuple[FdInfo, ...]:
     )
 
 
-def _pending_tasks(loop: Any) -> tuple[TaskInfo, ...]:
-    tasks = sorted(asyncio.all_tasks(loop), key=lambda task: task.get_name())
+def _name(task: asyncio.Task[Any]) -> str:
+    return task.get_name()
+
+
+def _pending_tasks(loop: LoopContract) -> tuple[TaskInfo, ...]:
+    tasks = sorted(asyncio.all_tasks(cast(asyncio.AbstractEventLoop, loop)), key=_name)
     return tuple(TaskInfo(task_label(task), tuple(task_stack(task))) for task in tasks)
 
 
-def describe(loop: Any) -> str:
+def describe(loop: LoopContract) -> str:
     """A readable, multi-line snapshot of ``loop``: ready queue, timers, fds, tasks.
 
     Safe to call from inside a callback (the loop is then running) or

@@ -29,10 +29,13 @@ import os
 import signal
 import threading
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..loop import TRACE_ENV
 from .export import FileRecorder, save_all, trace_to_file
+
+if TYPE_CHECKING:
+    from ..contract import LoopContract
 
 __all__ = ["EXIT_SIGNALS", "trace_from_environment"]
 
@@ -44,7 +47,7 @@ EXIT_SIGNALS = (signal.SIGHUP, signal.SIGTERM)
 _installed: set[int] = set()
 
 
-def trace_from_environment(loop: Any) -> FileRecorder | None:
+def trace_from_environment(loop: LoopContract) -> FileRecorder | None:
     """Trace ``loop`` into ``$LOOPY_TRACE`` if it is set; the recorder, or None.
 
     Raises ``ValueError`` if the file cannot be written there, after closing

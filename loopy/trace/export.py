@@ -51,7 +51,7 @@ from contextlib import contextmanager
 from operator import itemgetter
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .fileformat import (
     TRACE_FORMAT,
@@ -64,6 +64,9 @@ from .fileformat import (
     write_json_lines,
 )
 from .recorder import DEFAULT_MAX_EVENTS, STEP_KINDS, TraceRecorder
+
+if TYPE_CHECKING:
+    from ..contract import LoopContract
 
 __all__ = [
     "ITERATION_TID",
@@ -531,7 +534,7 @@ class FileRecorder(TraceRecorder):
         self.path = Path(path)
         self.saved = False
 
-    def loop_closed(self, loop: Any) -> None:
+    def loop_closed(self, loop: LoopContract) -> None:
         """The loop is closing: write the trace now."""
         self.save()
 
@@ -566,7 +569,7 @@ def save_all() -> None:
 
 
 def trace_to_file(
-    loop: Any, path: str | PathLike[str], *, max_events: int = DEFAULT_MAX_EVENTS
+    loop: LoopContract, path: str | PathLike[str], *, max_events: int = DEFAULT_MAX_EVENTS
 ) -> FileRecorder:
     """Record ``loop`` from now until it closes, then write the trace to ``path``.
 

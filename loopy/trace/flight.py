@@ -77,13 +77,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..handles import TimerHandle, callback_name
 from ..loop import FLIGHT_ENV, STALL_ENV
 from .describe import callback_task, is_task, task_label
 from .export import write_trace
 from .recorder import TraceRecorder, outcome
+
+if TYPE_CHECKING:
+    from ..contract import LoopContract
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
@@ -206,7 +209,7 @@ class FlightRecorder:
 
     def __init__(
         self,
-        loop: Any,
+        loop: LoopContract,
         seconds: float = DEFAULT_SECONDS,
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
@@ -303,7 +306,7 @@ class FlightRecorder:
 
     def run_ready(
         self,
-        loop: Any,
+        loop: LoopContract,
         hooks: Any,
         polled: list[tuple[int, int]],
         timeout: float | None,
@@ -353,7 +356,7 @@ class FlightRecorder:
                 handle = popleft()
                 if handle._cancelled:
                     continue
-                callback = handle._callback
+                callback: Any = handle._callback  # (live: a cancelled handle was skipped)
                 # The key of its name: cheap to find, and never the callback
                 # itself (that would keep a closure, and what it holds,
                 # alive): the id of its code, which _intern keeps alive.
@@ -425,7 +428,7 @@ class FlightRecorder:
             self.wait_start = t_prev  # where the next iteration's wait begins
             # (As in _run_once: a traceback through a callback keeps this
             # frame, and these would make reference cycles.)
-            handle = callback = args = task = None
+            handle = callback = args = task = None  # type: ignore[assignment]
 
     # ------------------------------------------------------------------
     # Names and tasks (slow paths: once per function, once per task)
@@ -806,7 +809,7 @@ class FlightSnapshot:
             return self.write(Path(scratch) / "dump.json").read_bytes()
 
 
-def snapshot(loop: Any) -> FlightSnapshot | None:
+def snapshot(loop: LoopContract) -> FlightSnapshot | None:
     """A copy of ``loop``'s flight recording, or None if it has no recorder (any thread).
 
     What the monitor calls for ``loopy trace dump``: this copies (see
@@ -834,7 +837,7 @@ class _Watchdog:
     gone or the loop is closed, or when :meth:`FlightRecorder.stop` says so.
     """
 
-    def __init__(self, flight: FlightRecorder, loop: Any) -> None:
+    def __init__(self, flight: FlightRecorder, loop: LoopContract) -> None:
         self.flight = weakref.ref(flight)
         self.loop = weakref.ref(loop)
         self.threshold = flight.stall_after
@@ -951,7 +954,7 @@ def _seconds_from(variable: str) -> float | None:
         return None
 
 
-def flight_from_environment(loop: Any) -> FlightRecorder | None:
+def flight_from_environment(loop: LoopContract) -> FlightRecorder | None:
     """Start ``loop``'s recorder as ``LOOPY_FLIGHT_RECORDER``/``LOOPY_DUMP_ON_STALL`` say.
 
     A bad value is one warning on the ``loopy`` logger naming the variable,

@@ -42,11 +42,14 @@ import selectors
 import signal
 import time
 import weakref
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..handles import callback_name
 from ..instruments import Instrument
 from .describe import callback_task, handle_label, is_task, task_label
+
+if TYPE_CHECKING:
+    from ..contract import LoopContract
 
 __all__ = ["DEFAULT_MAX_EVENTS", "STEP_KINDS", "TraceEvent", "TraceRecorder"]
 
@@ -175,7 +178,7 @@ class TraceRecorder(Instrument):
     # Attaching
     # ------------------------------------------------------------------
 
-    def attach(self, loop: Any) -> None:
+    def attach(self, loop: LoopContract) -> None:
         """Start recording ``loop``; times count from now."""
         if self.loop is not None:
             raise RuntimeError("this recorder is already attached to a loop")
@@ -262,7 +265,7 @@ class TraceRecorder(Instrument):
     # The iteration: its span, its wait, its callbacks
     # ------------------------------------------------------------------
 
-    def iteration_started(self, loop: Any) -> None:
+    def iteration_started(self, loop: LoopContract) -> None:
         """Open the iteration's span; record the ready queue's and the selector's sizes."""
         now = self.now()
         self._iteration_start = now
@@ -272,12 +275,12 @@ class TraceRecorder(Instrument):
         sizes = {"ready": len(loop._ready), "fds": len(loop._watches)}
         self._add("counters", now, None, "counters", sizes)
 
-    def wait_started(self, loop: Any, timeout: float | None) -> None:
+    def wait_started(self, loop: LoopContract, timeout: float | None) -> None:
         """Open the span of the wait in ``select()``."""
         self._wait_start = self.now()
         self._wait_timeout = timeout
 
-    def wait_finished(self, loop: Any, events: list[tuple[int, int]]) -> None:
+    def wait_finished(self, loop: LoopContract, events: list[tuple[int, int]]) -> None:
         """Record the wait and the descriptors it reported ready."""
         start = self._wait_start
         if start is None:  # attached between the two hooks
@@ -291,7 +294,7 @@ class TraceRecorder(Instrument):
         if events:
             self._remember_io_handles(loop, events)
 
-    def _remember_io_handles(self, loop: Any, events: list[tuple[int, int]]) -> None:
+    def _remember_io_handles(self, loop: LoopContract, events: list[tuple[int, int]]) -> None:
         """Note which handles select() queued, so their callbacks count as ``io``."""
         for fd, mask in events:
             # The selector returned this fd a moment ago: it is watched.
@@ -301,11 +304,11 @@ class TraceRecorder(Instrument):
             if mask & selectors.EVENT_WRITE and watch.writer is not None:
                 self._io_handles[id(watch.writer)] = fd
 
-    def timer_fired(self, loop: Any, handle: Any, lateness: float) -> None:
+    def timer_fired(self, loop: LoopContract, handle: Any, lateness: float) -> None:
         """Record a due timer and how late it fired."""
         self._add("timer-fired", self.now(), None, handle_label(handle), {"lateness": lateness})
 
-    def callback_started(self, loop: Any, handle: Any) -> None:
+    def callback_started(self, loop: LoopContract, handle: Any) -> None:
         """Open the callback's span, and name it: a task step, I/O, a timer or a plain callback."""
         # Named now: a callback may cancel its own handle (remove_reader in a
         # reader callback), which drops the handle's reference to it.
@@ -334,7 +337,7 @@ class TraceRecorder(Instrument):
             return "io", {"fd": fd}
         return "callback", {}
 
-    def callback_finished(self, loop: Any, handle: Any) -> None:
+    def callback_finished(self, loop: LoopContract, handle: Any) -> None:
         """Record the callback's span (and the task's finish, if this step ended it)."""
         step = self._step
         if step is None or step[0] is not handle:  # attached while it ran
@@ -348,7 +351,7 @@ class TraceRecorder(Instrument):
             # directly, the only time: no done callback reports it.
             self._record_finish(task)
 
-    def iteration_finished(self, loop: Any) -> None:
+    def iteration_finished(self, loop: LoopContract) -> None:
         """Record the iteration's span, with its wait time and its callback count."""
         if self._iteration_start is not None:
             self._finish_iteration(self.now(), partial=False)
@@ -371,12 +374,12 @@ class TraceRecorder(Instrument):
     # Everything else: instants
     # ------------------------------------------------------------------
 
-    def timer_scheduled(self, loop: Any, handle: Any) -> None:
+    def timer_scheduled(self, loop: LoopContract, handle: Any) -> None:
         """Record a new timer and its delay."""
         delay = handle.when() - loop.time()
         self._add("timer-scheduled", self.now(), None, handle_label(handle), {"delay": delay})
 
-    def task_created(self, loop: Any, task: Any, parent: Any) -> None:
+    def task_created(self, loop: LoopContract, task: Any, parent: Any) -> None:
         """Record a new task and the task that created it.
 
         With an eager task factory the task has already run its first step,
@@ -386,7 +389,7 @@ class TraceRecorder(Instrument):
         if task not in self._task_numbers:
             self._announce(task, parent, first_sight=False)
 
-    def task_finished(self, loop: Any, task: Any) -> None:
+    def task_finished(self, loop: LoopContract, task: Any) -> None:
         """Record how a task ended, unless its last step did already."""
         # The loop reports this from a done callback, an iteration after the
         # step that finished the task; that step usually recorded it already.
@@ -401,7 +404,7 @@ class TraceRecorder(Instrument):
         args = {"task": self.task_number(task), "outcome": result, "exception": error}
         self._add("task-finished", self.now(), None, task_label(task), args)
 
-    def signal_received(self, loop: Any, signum: int) -> None:
+    def signal_received(self, loop: LoopContract, signum: int) -> None:
         """Record a handled signal, by name."""
         try:
             name = signal.Signals(signum).name
@@ -409,7 +412,7 @@ class TraceRecorder(Instrument):
             name = f"signal {signum}"
         self._add("signal", self.now(), None, name, {"signum": signum})
 
-    def exception_reported(self, loop: Any, context: dict[str, Any]) -> None:
+    def exception_reported(self, loop: LoopContract, context: dict[str, Any]) -> None:
         """Record an error the loop reported: its message and exception."""
         message = str(context.get("message") or "Unhandled exception in event loop")
         error = context.get("exception")

@@ -26,10 +26,13 @@ import collections
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..instruments import Instrument
 from .describe import Location, callback_task, handle_label, task_label, task_stack
+
+if TYPE_CHECKING:
+    from ..contract import LoopContract
 
 __all__ = ["DEFAULT_THRESHOLD", "Load", "LoadMonitor", "Stall", "StallDetector"]
 
@@ -45,14 +48,14 @@ class _Attachable(Instrument):
 
     loop: Any = None
 
-    def attach(self, loop: Any) -> None:
+    def attach(self, loop: LoopContract) -> None:
         if self.loop is not None:
             raise RuntimeError(f"{type(self).__name__} is already attached to a loop")
         self.loop = loop
         self._attached(loop)
         loop.add_instrument(self)
 
-    def _attached(self, loop: Any) -> None:
+    def _attached(self, loop: LoopContract) -> None:
         """Reset what a new loop needs reset (subclasses)."""
 
     def detach(self) -> None:
@@ -133,7 +136,7 @@ class StallDetector(_Attachable):
         # (handle, its callback, start time, task or None, where the task resumed, label)
         self._running: tuple[Any, Any, float, Any, tuple[Location, ...], str] | None = None
 
-    def callback_started(self, loop: Any, handle: Any) -> None:
+    def callback_started(self, loop: LoopContract, handle: Any) -> None:
         """Note the callback and, for a task step, where the task resumes."""
         # The callback is kept now: one that cancels its own handle (a reader
         # removing itself) leaves ``handle._callback`` None.
@@ -143,7 +146,7 @@ class StallDetector(_Attachable):
         resumed = tuple(task_stack(task)) if task is not None else ()
         self._running = (handle, callback, loop.time(), task, resumed, handle_label(handle))
 
-    def callback_finished(self, loop: Any, handle: Any) -> None:
+    def callback_finished(self, loop: LoopContract, handle: Any) -> None:
         """Report the callback if it ran longer than ``threshold``."""
         running, self._running = self._running, None
         if running is None or running[0] is not handle:
@@ -216,7 +219,7 @@ class LoadMonitor(_Attachable):
         self._clock: Any = None
         self._reset(0.0)
 
-    def _attached(self, loop: Any) -> None:
+    def _attached(self, loop: LoopContract) -> None:
         self._clock = loop.time
         self._reset(loop.time())
 
@@ -232,20 +235,20 @@ class LoadMonitor(_Attachable):
 
     # The hooks
 
-    def iteration_started(self, loop: Any) -> None:
+    def iteration_started(self, loop: LoopContract) -> None:
         """Start timing an iteration."""
         self._iteration_start = loop.time()
         self._wait_start = self._wait_end = None
 
-    def wait_started(self, loop: Any, timeout: float | None) -> None:
+    def wait_started(self, loop: LoopContract, timeout: float | None) -> None:
         """The idle part of the iteration begins."""
         self._wait_start = loop.time()
 
-    def wait_finished(self, loop: Any, events: list[tuple[int, int]]) -> None:
+    def wait_finished(self, loop: LoopContract, events: list[tuple[int, int]]) -> None:
         """The idle part of the iteration ends."""
         self._wait_end = loop.time()
 
-    def iteration_finished(self, loop: Any) -> None:
+    def iteration_finished(self, loop: LoopContract) -> None:
         """Add the iteration to the totals and the window; drop samples older than ``window``."""
         start = self._iteration_start
         if start is None:  # attached mid-iteration

@@ -383,24 +383,39 @@ class Suite:
         for name in names:
             self.progress(r, self.benchmarks[micro_id(name)])
 
+    def paired_echo(self, r: int, variant: str, group: str, title: str, sizes: list[int]) -> None:
+        """loopy as-is against ``variant`` (loopy with something on), protocol echo, each size.
+
+        The two servers run side by side and are measured in turns whose
+        order alternates from round to round; the report's ratio is the
+        median of the per-round pairs.
+        """
+        variants = rotated(["loopy", variant], r)
+        with running_servers(variants, "protocol", self.server_core) as servers:
+            for size in sizes:
+                bench = self.benchmark(
+                    f"{group}/echo/protocol/{size}",
+                    group=group,
+                    title=f"{title}: echo protocol {format_size(size)}",
+                    primary="cpu_us_per_msg",
+                    metrics=ECHO_METRICS,
+                    params={
+                        "mode": "protocol",
+                        "size": size,
+                        "connections": self.config.connections,
+                    },
+                    variants=["loopy", variant],
+                    baseline="loopy",
+                )
+                for loop in variants:
+                    bench.record(loop, r, self.measure_load(servers[loop], b"x" * size, echo=True))
+                self.progress(r, bench)
+
     def instrument_round(self, r: int) -> None:
         """loopy as-is against loopy with a do-nothing instrument attached."""
-        variants = rotated(["loopy", INSTRUMENTED], r)
         size = min(self.config.sizes)
-        bench = self.benchmark(
-            f"instrument/echo/protocol/{size}",
-            group="instrument",
-            title=f"instrument: echo protocol {format_size(size)}",
-            primary="cpu_us_per_msg",
-            metrics=ECHO_METRICS,
-            params={"mode": "protocol", "size": size, "connections": self.config.connections},
-            variants=["loopy", INSTRUMENTED],
-            baseline="loopy",
-        )
-        with running_servers(variants, "protocol", self.server_core) as servers:
-            for loop in variants:
-                bench.record(loop, r, self.measure_load(servers[loop], b"x" * size, echo=True))
-        self.progress(r, bench)
+        self.paired_echo(r, INSTRUMENTED, "instrument", "instrument", [size])
+        variants = rotated(["loopy", INSTRUMENTED], r)
         bench = self.benchmark(
             "instrument/micro/call_soon",
             group="instrument",
@@ -423,45 +438,11 @@ class Suite:
         The issue's measurement: protocol echo of 1 KiB messages, whatever
         the sizes of the echo benchmarks.
         """
-        variants = rotated(["loopy", MONITORED], r)
-        size = 1024
-        bench = self.benchmark(
-            f"monitor/echo/protocol/{size}",
-            group="monitor",
-            title=f"monitor: echo protocol {format_size(size)}",
-            primary="cpu_us_per_msg",
-            metrics=ECHO_METRICS,
-            params={"mode": "protocol", "size": size, "connections": self.config.connections},
-            variants=["loopy", MONITORED],
-            baseline="loopy",
-        )
-        with running_servers(variants, "protocol", self.server_core) as servers:
-            for loop in variants:
-                bench.record(loop, r, self.measure_load(servers[loop], b"x" * size, echo=True))
-        self.progress(r, bench)
+        self.paired_echo(r, MONITORED, "monitor", "monitor", [1024])
 
     def flight_round(self, r: int) -> None:
         """loopy as-is against loopy with its flight recorder on: echo protocol, each size."""
-        variants = rotated(["loopy", FLIGHT], r)
-        with running_servers(variants, "protocol", self.server_core) as servers:
-            for size in self.config.sizes:
-                bench = self.benchmark(
-                    f"flight/echo/protocol/{size}",
-                    group="flight",
-                    title=f"flight recorder: echo protocol {format_size(size)}",
-                    primary="cpu_us_per_msg",
-                    metrics=ECHO_METRICS,
-                    params={
-                        "mode": "protocol",
-                        "size": size,
-                        "connections": self.config.connections,
-                    },
-                    variants=["loopy", FLIGHT],
-                    baseline="loopy",
-                )
-                for loop in variants:
-                    bench.record(loop, r, self.measure_load(servers[loop], b"x" * size, echo=True))
-                self.progress(r, bench)
+        self.paired_echo(r, FLIGHT, "flight", "flight recorder", list(self.config.sizes))
 
     # -- single measurements -----------------------------------------------------
 

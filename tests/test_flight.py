@@ -16,12 +16,15 @@ import gc
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -340,11 +343,33 @@ def test_a_bad_value_is_one_warning_and_leaves_it_off(
     assert value in caplog.records[0].getMessage()
 
 
-def test_the_variables_start_the_recorder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.fixture
+def monitor_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The recorder's variables imply the monitor: its socket in a fresh directory, then gone."""
+    from loopy.monitor import server  # noqa: PLC0415
+
+    path = Path(tempfile.mkdtemp(prefix="lf-"))  # (short: a socket path has 108 bytes at most)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(path))
+    yield path
+    if server._server is not None:
+        server._server.stop()
+        server._server = None
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_the_variables_start_the_recorder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, monitor_dir: Path
+) -> None:
+    from loopy.monitor import server  # noqa: PLC0415
+
     monkeypatch.setenv("LOOPY_FLIGHT_RECORDER", "3")
     loop = loopy.new_event_loop()
     assert loop.flight_recorder.seconds == 3
     assert loop.flight_recorder.stall_after == float("inf")
+    # ... and make the loop watchable, as LOOPY_MONITOR=1 does.
+    assert server._server is not None
+    assert server._server.open_loops() == [loop]
+    assert (monitor_dir / "loopy" / f"{os.getpid()}.sock").exists()
     loop.close()
     monkeypatch.delenv("LOOPY_FLIGHT_RECORDER")
     monkeypatch.setenv("LOOPY_DUMP_ON_STALL", "0.5")

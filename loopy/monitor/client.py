@@ -409,12 +409,14 @@ def _activity_lines(activity: dict[str, Any] | None) -> list[str]:
     if activity is None:
         return [f"  utilisation, callbacks/s, slowest steps, stalls: {NEEDS_RECORDER}"]
     seconds = activity["seconds"]
+    # (Under a second for a loop too busy to read a second of: see recent_activity.)
+    last = f"{seconds:g} s" if seconds >= 1 else f"{seconds * 1e3:.0f} ms"
     lines = [
         f"  utilisation {activity['utilisation']:.1%}"
         f"   callbacks/s {activity['callbacks_per_s']:.1f}"
-        f"   (last {seconds:g} s; recorder window {activity['window_s']:g} s)",
+        f"   (last {last}; recorder window {activity['window_s']:g} s)",
         "",
-        f"slowest steps of the last {seconds:g} s:",
+        f"slowest steps of the last {last}:",
     ]
     for step in activity["slowest"]:
         now = " (running)" if step["ended_s_ago"] <= 0 else ""

@@ -821,12 +821,19 @@ def snapshot(loop: LoopContract) -> FlightSnapshot | None:
     return flight.snapshot() if flight is not None else None
 
 
-#: Slots :func:`recent_activity` copies first; four times more per retry.
+#: Slots :func:`recent_activity` copies first; four times more per retry,
+#: up to :data:`_TAIL_MAX` (1 MiB: about 0.3 ms of the loop held, and
+#: some 30 ms of reading on the monitor's thread).
 _TAIL_SLOTS = 4096 * SLOT
+_TAIL_MAX = 65536 * SLOT
 
 
-def _tail(flight: FlightRecorder, since: float) -> Any:
-    """The ring's newest slots, back to one older than ``since`` (or all it holds), oldest first.
+def _tail(flight: FlightRecorder, since: float) -> tuple[Any, bool]:
+    """The ring's newest slots, back to one older than ``since``, oldest first; and if all.
+
+    All: the slots reach back past ``since``, or are all the ring holds.
+    Not all: a loop running more than 65,536 steps in the interval (the
+    copy stops at :data:`_TAIL_MAX`).
 
     For ``loopy top`` each second: not the whole ring (up to 64 MiB, 40 ms
     of the loop held), a few thousand slots, each copy one C call under
@@ -847,7 +854,9 @@ def _tail(flight: FlightRecorder, since: float) -> Any:
         if buf is not flight.buf:
             continue  # the ring grew meanwhile: copy from the new one
         if take >= held or slots[1] < since:
-            return slots
+            return slots, True
+        if want >= _TAIL_MAX:
+            return slots, False
         want *= 4
 
 
@@ -855,7 +864,9 @@ def recent_activity(loop: LoopContract, seconds: float = 1.0) -> dict[str, Any] 
     """What ``loop`` did in the last ``seconds``, from its recorder (None without one).
 
     The busy share (steps' time over ``seconds``, the step running now
-    included), callbacks per second, and the slowest steps.  Called by the
+    included), callbacks per second, and the slowest steps.  A loop too
+    busy for :func:`_tail`'s bound is measured over the shorter span the
+    copy covers (``seconds`` in the answer says which).  Called by the
     monitor's thread: the loop is held only for :func:`_tail`'s copy; the
     reading and naming happen here, on the caller's thread.
     """
@@ -864,7 +875,10 @@ def recent_activity(loop: LoopContract, seconds: float = 1.0) -> dict[str, Any] 
         return None
     now = flight.clock()
     since = now - seconds
-    slots = _tail(flight, since)
+    slots, whole = _tail(flight, since)
+    if not whole:  # (the first slot copied is the oldest time known)
+        since = slots[1]
+        seconds = now - since
     running_start = flight.running
     running_code = flight.step_code
     steps: list[tuple[float, float, int]] = []  # (duration, end, code)

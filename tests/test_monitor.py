@@ -970,12 +970,25 @@ def test_in_process_top_and_dump_read_the_recorder(
     loop.call_soon_threadsafe(lambda: (loop.start_flight_recorder(5), started.set()))
     assert started.wait(TIMEOUT)
 
+    blocking, release = threading.Event(), threading.Event()
+
     def hold_the_loop() -> None:
-        time.sleep(0.15)  # a stall: over the 100 ms threshold
+        blocking.set()
+        release.wait(TIMEOUT)
 
     loop.call_soon_threadsafe(hold_the_loop)
+    assert blocking.wait(TIMEOUT)
+    try:
+        out = top_once(capsys)  # (it waits until the loop has stood still 100 ms)
+    finally:
+        release.set()
+    # The step is found in the recorder's run_ready as in _run_once.
+    assert re.search(r"loop #0: BLOCKED for (at least )?\d\.\d\d s in .*hold_the_loop", out), out
+    assert re.search(
+        r"slowest steps of the last 1 s:\n +\d+\.\d{3} ms  .*hold_the_loop \(running\)", out
+    )
     deadline = time.monotonic() + TIMEOUT
-    while True:  # until a frame saw the stall end (the first may come during it)
+    while True:  # until a frame saw the stall end
         out = top_once(capsys)
         if "stalls seen (steps over 100 ms, while watched): 1" in out:
             break

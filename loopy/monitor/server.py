@@ -33,8 +33,8 @@ its current value tells since when (at least).
 Requests and answers are single JSON lines, but for a dump (``"op":
 "dump"``, for ``loopy trace dump``): its line says how many bytes of trace
 file follow it.  The thread copies the loop's flight recorder (the loop is
-held for that copy only: measured 0.02 ms for 600 events, 35 ms for a full
-64 MiB ring of four million), encodes the trace itself (meanwhile the loop
+held for that copy only: measured 0.02 ms for 600 events, 35 to 115 ms for
+a full 64 MiB ring of four million), encodes the trace itself (meanwhile the loop
 runs, sharing the GIL; about 20 s for four million events here, 250 MB of
 JSON) and sends it (within :data:`DUMP_SEND_TIMEOUT`); other clients
 wait.  The client writes the file: this process never writes a path it

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import textwrap
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +34,7 @@ import pytest
 import loopy
 from loopy.cli import main as cli_main
 from loopy.trace import TraceRecorder, load_trace, summarize
+from loopy.trace import flight as flight_module
 from loopy.trace.flight import DumpLimiter, FlightRecorder, FlightSnapshot
 from tests.test_trace_format import check_trace, strict_json_loads
 
@@ -635,3 +637,61 @@ def test_the_monitor_can_snapshot_from_its_thread_and_get_the_file_as_bytes(
     check_trace(trace)
     assert load_trace(path) == trace
     assert any("ticker" in e["name"] for e in events(trace, "task", "b"))
+
+
+# ----------------------------------------------------------------------
+# recent_activity: what `loopy top` reads of the ring
+# ----------------------------------------------------------------------
+
+
+def run_callbacks(loop: Any, count: int, hold: float) -> None:
+    """Run ``count`` chained callbacks, then one that holds the loop ``hold`` seconds."""
+
+    def hold_the_loop() -> None:
+        time.sleep(hold)
+
+    async def main() -> None:
+        running = asyncio.get_running_loop()
+        done = running.create_future()
+
+        def again(left: int) -> None:
+            if left:
+                running.call_soon(again, left - 1)
+            else:
+                running.call_soon(hold_the_loop)
+                running.call_soon(done.set_result, None)
+
+        running.call_soon(again, count)
+        await done
+
+    loop.run_until_complete(main())
+
+
+def test_recent_activity_reads_a_wrapped_ring(loop: Any) -> None:
+    assert flight_module.recent_activity(loop) is None  # no recorder
+    flight = FlightRecorder(loop, 1000, max_bytes=4096)  # 256 slots: the ring wraps
+    loop._flight = flight
+    run_callbacks(loop, 1000, 0.02)
+    assert flight.wrapped
+    activity = flight_module.recent_activity(loop, 1.0)
+    assert activity is not None
+    assert activity["seconds"] == 1.0
+    slowest = activity["slowest"][0]
+    assert slowest["step"].endswith("hold_the_loop")
+    assert slowest["ms"] >= 20
+    assert activity["utilisation"] >= 0.02
+    # At most the ring's 256 slots were there to count (a wait is two).
+    assert 10 <= activity["callbacks_per_s"] <= 256
+
+
+def test_recent_activity_of_a_very_busy_loop_covers_what_it_copied(
+    loop: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(flight_module, "_TAIL_SLOTS", 8 * flight_module.SLOT)
+    monkeypatch.setattr(flight_module, "_TAIL_MAX", 32 * flight_module.SLOT)
+    loop.start_flight_recorder(10)
+    run_callbacks(loop, 1000, 0)
+    activity = flight_module.recent_activity(loop, 1.0)
+    assert activity is not None
+    assert 0 < activity["seconds"] < 1.0  # the span of the last 32 slots
+    assert activity["callbacks_per_s"] * activity["seconds"] <= 32

@@ -480,13 +480,14 @@ class MonitorServer:
             return self._dump(index), True
         return {"error": f"unknown request {str(op)[:40]!r}"}, False
 
-    def _hello(self) -> dict[str, Any]:
+    def _hello(self, *, busy: bool = True) -> dict[str, Any]:
+        """Who answers, and its loops (with ``busy``, each one's utilisation, for ``ps``)."""
         return {
             "pid": self.pid,
             "argv": _command_line(),
             "uptime": time.time() - self.started,
             "python": sys.version.split()[0],
-            "loops": [self._summary(w, loop, busy=True) for w, loop in self._live()],
+            "loops": [self._summary(w, loop, busy=busy) for w, loop in self._live()],
         }
 
     def _summary(self, watched: _Watched, loop: Loop, *, busy: bool = False) -> dict[str, Any]:
@@ -506,7 +507,7 @@ class MonitorServer:
 
     def _snapshot(self, index: int | None) -> dict[str, Any]:
         live = self._live()
-        answer = self._hello()
+        answer = self._hello(busy=False)  # (the chosen loop's figures come in its detail)
         if not live:
             answer["loop"] = None
             return answer

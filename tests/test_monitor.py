@@ -778,6 +778,12 @@ def test_silent_clients_time_out_and_at_most_8_are_served(
             assert capsys.readouterr().err == (
                 f"loopy: process {os.getpid()}: too many clients (at most 8)\n"
             )
+        dumped = str(paths.socket_path(directory, os.getpid())) + ".json"  # (never written)
+        assert cli.main(["trace", "dump", str(os.getpid()), "-o", dumped]) == 1
+        assert capsys.readouterr().err == (
+            f"loopy: process {os.getpid()}: too many clients (at most 8)\n"
+        )
+        assert not os.path.exists(dumped)
         # Meanwhile the loop runs on.
         assert loop_thread.run(asyncio.sleep(0.01, "on")).result(TIMEOUT) == "on"
     finally:

@@ -502,6 +502,15 @@ def dump(pid: int, output: str, *, loop: int | None, out: TextIO) -> int:
         print(f"loopy: {exc}", file=sys.stderr)
         return 1
     try:
+        # First a quick question, so that the thread is known to run: the
+        # target is then not sent WAKE_SIGNAL every NUDGE_EVERY while it encodes.
+        hello = connection.request({"op": "hello"})
+        if hello is None:
+            print(f"loopy: process {pid} {_silent(ANSWER_TIMEOUT)}", file=sys.stderr)
+            return 1
+        if "error" in hello:  # refused: "too many clients"
+            print(f"loopy: process {pid}: {hello['error']}", file=sys.stderr)
+            return 1
         connection.send({"op": "dump", "loop": loop})
         header = connection.receive(DUMP_TIMEOUT)
         if header is None:

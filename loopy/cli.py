@@ -178,7 +178,8 @@ def _run(options: argparse.Namespace) -> int:
         )
     try:
         with _logging_to_stderr(options.log_level):
-            if options.monitor:
+            # (The recorder implies the monitor, as its variables do.)
+            if options.monitor or loop.flight_recorder is not None:
                 _watch(loop)
             loop.run_until_complete(program.run())
     except KeyboardInterrupt:
@@ -249,17 +250,31 @@ def _non_negative_int(text: str) -> int:
 def _add_trace_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "action",
-        choices=("view", "summary"),
+        choices=("view", "summary", "dump"),
         help="view: write an HTML timeline next to FILE and print its path; "
-        "summary: print the trace's figures as a table",
+        "summary: print the trace's figures as a table; "
+        "dump: fetch a running process's flight-recorder window (`dump PID -o FILE`)",
     )
-    parser.add_argument("file", metavar="FILE", help="a trace written by `loopy run --trace`")
     parser.add_argument(
-        "-o", "--output", metavar="HTML", default=None, help="where `view` writes the page"
+        "file",
+        metavar="FILE|PID",
+        help="a trace written by `loopy run --trace` (for dump: the process's PID)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        default=None,
+        help="where `view` writes the page; where `dump` writes the trace (required)",
+    )
+    parser.add_argument(
+        "--loop", type=int, metavar="N", default=None, help="dump: which loop (#N, as in top)"
     )
 
 
 def _trace(options: argparse.Namespace) -> int:
+    if options.action == "dump":
+        return _dump(options)
     try:
         page = page_path(options.file, options.output) if options.action == "view" else None
         trace = load_trace(options.file)
@@ -283,6 +298,21 @@ def _trace(options: argparse.Namespace) -> int:
         return 1
     print(page)
     return 0
+
+
+def _dump(options: argparse.Namespace) -> int:
+    """``loopy trace dump PID -o FILE``: the recorder's window of a running process."""
+    from .monitor.client import dump  # noqa: PLC0415 - the monitor's code, only when asked for
+
+    try:
+        pid = int(options.file)
+    except ValueError:
+        print(f"loopy: trace dump: PID must be a number, not {options.file!r}", file=sys.stderr)
+        return 2
+    if options.output is None:
+        print("loopy: trace dump: -o FILE is required (where to write the trace)", file=sys.stderr)
+        return 2
+    return dump(pid, options.output, loop=options.loop, out=sys.stdout)
 
 
 def _reason(exc: BaseException) -> str:
@@ -337,7 +367,8 @@ COMMANDS: dict[str, Command] = {
         _run,
     ),
     "trace": Command(
-        "look at a trace: `loopy trace view FILE` or `loopy trace summary FILE`",
+        "look at a trace: `loopy trace view FILE`, `loopy trace summary FILE`, "
+        "or fetch one: `loopy trace dump PID -o FILE`",
         _add_trace_arguments,
         _trace,
     ),

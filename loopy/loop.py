@@ -1065,8 +1065,9 @@ def new_event_loop(*, tasks: str | None = None) -> Loop:
     birth and the trace written to FILE when it closes; ``ValueError`` if
     FILE cannot be written (see ``trace/environment.py``).  With
     ``LOOPY_FLIGHT_RECORDER=SECONDS`` or ``LOOPY_DUMP_ON_STALL=SECONDS`` it
-    starts with its flight recorder on (see ``trace/flight.py``).
-    With ``LOOPY_MONITOR=1``, ``loopy top`` can watch it (see ``monitor/``).
+    starts with its flight recorder on (see ``trace/flight.py``), and is
+    watchable as with ``LOOPY_MONITOR=1``: ``loopy top`` can watch it and
+    ``loopy trace dump`` fetch the recorder's window (see ``monitor/``).
     """
     loop = Loop(tasks=tasks)
     if os.environ.get(TRACE_ENV):
@@ -1076,7 +1077,12 @@ def new_event_loop(*, tasks: str | None = None) -> Loop:
     if os.environ.get(FLIGHT_ENV) or os.environ.get(STALL_ENV):
         from .trace.flight import flight_from_environment  # noqa: PLC0415 - only if asked
 
-        flight_from_environment(loop)
+        if flight_from_environment(loop) is not None:
+            # The recorder implies the monitor: `loopy trace dump PID` and
+            # `loopy top PID` are how its figures leave the process.
+            from .monitor import watch  # noqa: PLC0415 - imported only when asked for
+
+            watch(loop)
     if os.environ.get("LOOPY_MONITOR"):  # monitor/: LOOPY_MONITOR=1 makes it watchable
         from .monitor import watch_if_requested  # noqa: PLC0415 - imported only when asked for
 

@@ -16,12 +16,16 @@ import gc
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
+import time
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ import pytest
 import loopy
 from loopy.cli import main as cli_main
 from loopy.trace import TraceRecorder, load_trace, summarize
+from loopy.trace import flight as flight_module
 from loopy.trace.flight import DumpLimiter, FlightRecorder, FlightSnapshot
 from tests.test_trace_format import check_trace, strict_json_loads
 
@@ -340,11 +345,33 @@ def test_a_bad_value_is_one_warning_and_leaves_it_off(
     assert value in caplog.records[0].getMessage()
 
 
-def test_the_variables_start_the_recorder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+@pytest.fixture
+def monitor_dir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The recorder's variables imply the monitor: its socket in a fresh directory, then gone."""
+    from loopy.monitor import server  # noqa: PLC0415
+
+    path = Path(tempfile.mkdtemp(prefix="lf-"))  # (short: a socket path has 108 bytes at most)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(path))
+    yield path
+    if server._server is not None:
+        server._server.stop()
+        server._server = None
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_the_variables_start_the_recorder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, monitor_dir: Path
+) -> None:
+    from loopy.monitor import server  # noqa: PLC0415
+
     monkeypatch.setenv("LOOPY_FLIGHT_RECORDER", "3")
     loop = loopy.new_event_loop()
     assert loop.flight_recorder.seconds == 3
     assert loop.flight_recorder.stall_after == float("inf")
+    # ... and make the loop watchable, as LOOPY_MONITOR=1 does.
+    assert server._server is not None
+    assert server._server.open_loops() == [loop]
+    assert (monitor_dir / "loopy" / f"{os.getpid()}.sock").exists()
     loop.close()
     monkeypatch.delenv("LOOPY_FLIGHT_RECORDER")
     monkeypatch.setenv("LOOPY_DUMP_ON_STALL", "0.5")
@@ -610,3 +637,61 @@ def test_the_monitor_can_snapshot_from_its_thread_and_get_the_file_as_bytes(
     check_trace(trace)
     assert load_trace(path) == trace
     assert any("ticker" in e["name"] for e in events(trace, "task", "b"))
+
+
+# ----------------------------------------------------------------------
+# recent_activity: what `loopy top` reads of the ring
+# ----------------------------------------------------------------------
+
+
+def run_callbacks(loop: Any, count: int, hold: float) -> None:
+    """Run ``count`` chained callbacks, then one that holds the loop ``hold`` seconds."""
+
+    def hold_the_loop() -> None:
+        time.sleep(hold)
+
+    async def main() -> None:
+        running = asyncio.get_running_loop()
+        done = running.create_future()
+
+        def again(left: int) -> None:
+            if left:
+                running.call_soon(again, left - 1)
+            else:
+                running.call_soon(hold_the_loop)
+                running.call_soon(done.set_result, None)
+
+        running.call_soon(again, count)
+        await done
+
+    loop.run_until_complete(main())
+
+
+def test_recent_activity_reads_a_wrapped_ring(loop: Any) -> None:
+    assert flight_module.recent_activity(loop) is None  # no recorder
+    flight = FlightRecorder(loop, 1000, max_bytes=4096)  # 256 slots: the ring wraps
+    loop._flight = flight
+    run_callbacks(loop, 1000, 0.02)
+    assert flight.wrapped
+    activity = flight_module.recent_activity(loop, 1.0)
+    assert activity is not None
+    assert activity["seconds"] == 1.0
+    slowest = activity["slowest"][0]
+    assert slowest["step"].endswith("hold_the_loop")
+    assert slowest["ms"] >= 20
+    assert activity["utilisation"] >= 0.02
+    # At most the ring's 256 slots were there to count (a wait is two).
+    assert 10 <= activity["callbacks_per_s"] <= 256
+
+
+def test_recent_activity_of_a_very_busy_loop_covers_what_it_copied(
+    loop: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(flight_module, "_TAIL_SLOTS", 8 * flight_module.SLOT)
+    monkeypatch.setattr(flight_module, "_TAIL_MAX", 32 * flight_module.SLOT)
+    loop.start_flight_recorder(10)
+    run_callbacks(loop, 1000, 0)
+    activity = flight_module.recent_activity(loop, 1.0)
+    assert activity is not None
+    assert 0 < activity["seconds"] < 1.0  # the span of the last 32 slots
+    assert activity["callbacks_per_s"] * activity["seconds"] <= 32

@@ -35,6 +35,7 @@ import pytest
 import loopy
 from loopy import cli, monitor
 from loopy.monitor import client, paths, server, watch
+from loopy.trace import load_trace
 
 from . import test_frameworks
 from .test_cli import Loopy
@@ -184,7 +185,10 @@ def test_ps_lists_the_seed_program_and_top_shows_its_figures(start: Any, runtime
         assert [row[0] for row in rows] == [str(pid)]
         assert rows[0][2] == "1/1"
         assert "-m loopy" in rows[0][4]
-        assert "UTIL not shown yet" in listed.stdout
+        assert rows[0][3] == "-"  # (no recorder: no utilisation)
+        assert "- : need the flight recorder (start the target with LOOPY_FLIGHT_RECORDER" in (
+            listed.stdout
+        )
 
         frame = run_cli("top", str(pid), "--once", env=env)
         assert frame.returncode == 0, frame.stderr
@@ -199,7 +203,10 @@ def test_ps_lists_the_seed_program_and_top_shows_its_figures(start: Any, runtime
         for sock in clients:
             host, port = sock.getsockname()
             assert f"127.0.0.1:{program.port}  <-> {host}:{port}" in text
-        assert "not shown yet (top does not read the flight recorder yet)" in text
+        assert (
+            "  utilisation, callbacks/s, slowest steps, stalls: need the flight recorder"
+            " (start the target with LOOPY_FLIGHT_RECORDER=SECONDS)"
+        ) in text
         assert re.search(r"tasks \((\d+)\), longest waiting first", text)
     finally:
         for sock in clients:
@@ -771,6 +778,12 @@ def test_silent_clients_time_out_and_at_most_8_are_served(
             assert capsys.readouterr().err == (
                 f"loopy: process {os.getpid()}: too many clients (at most 8)\n"
             )
+        dumped = str(paths.socket_path(directory, os.getpid())) + ".json"  # (never written)
+        assert cli.main(["trace", "dump", str(os.getpid()), "-o", dumped]) == 1
+        assert capsys.readouterr().err == (
+            f"loopy: process {os.getpid()}: too many clients (at most 8)\n"
+        )
+        assert not os.path.exists(dumped)
         # Meanwhile the loop runs on.
         assert loop_thread.run(asyncio.sleep(0.01, "on")).result(TIMEOUT) == "on"
     finally:
@@ -833,3 +846,180 @@ def test_uvicorn_on_loopy_is_watchable_one_socket_per_worker(
             assert frame.returncode == 0, frame.stderr
             assert "loop #0: waiting for I/O or timers" in frame.stdout
             assert f"127.0.0.1:{port}  (listening)" in frame.stdout
+
+
+# ======================================================================
+# The flight recorder through the monitor: `loopy trace dump`, top's figures
+# ======================================================================
+
+
+def test_trace_dump_of_the_recorded_seed_program_holds_its_last_seconds(
+    start: Any, runtime_dir: Path, tmp_path: Path
+) -> None:
+    """LOOPY_FLIGHT_RECORDER=5 alone makes it watchable; the dump is the last 5 s, written here."""
+    from .test_trace_format import check_trace, strict_json_loads  # noqa: PLC0415
+
+    env = target_env(runtime_dir)
+    program = start(
+        "--interval",
+        "0.02",
+        env={"XDG_RUNTIME_DIR": str(runtime_dir), "LOOPY_FLIGHT_RECORDER": "5"},
+    )
+    pid = program.proc.pid
+    wait_for_socket(runtime_dir, pid)  # (the recorder implies the monitor)
+    early = socket.create_connection(("127.0.0.1", program.port), timeout=TIMEOUT)
+    late: list[socket.socket] = []
+    try:
+        early.sendall(b"early\n")
+        program.wait_for(r"Recvd .*early.*")
+        sent_early = time.monotonic()
+        time.sleep(6.0)  # the early read is now older than the window
+        for _ in range(2):
+            late.append(socket.create_connection(("127.0.0.1", program.port), timeout=TIMEOUT))
+            late[-1].sendall(b"late\n")
+        program.wait_for(r"Recvd .*late.*", count=2)
+        assert time.monotonic() - sent_early > 5.5
+        # Relative to the client's working directory, not the target's (ROOT).
+        dumped = subprocess.run(
+            [sys.executable, "-m", "loopy", "trace", "dump", str(pid), "-o", "last.json"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
+    finally:
+        for sock in [early, *late]:
+            sock.close()
+    assert dumped.returncode == 0, dumped.stderr
+    assert re.fullmatch(
+        r"wrote last\.json: \d\.\d\d s of loop #0 \(window 5 s\), \d+ events, \d+ bytes;"
+        r" the loop was held \d+\.\d\d ms for the copy, encoded in \d+\.\d\d s off its thread\n",
+        dumped.stdout,
+    ), dumped.stdout
+    path = tmp_path / "last.json"
+    assert not (ROOT / "last.json").exists()
+    trace = strict_json_loads(path.read_bytes())
+    check_trace(trace)
+    info = trace["otherData"]["flight_recorder"]
+    assert info["limited_by"] == "seconds"
+    assert 4.9 <= info["span_s"] <= 5.1
+    span_us = trace["otherData"]["duration_us"]
+    spans = [e for e in trace["traceEvents"] if e["ph"] == "X"]
+    # Nothing older than the window (times start at its beginning).
+    assert all(e["ts"] >= 0 and e["ts"] + e["dur"] <= span_us + 1 for e in spans)
+    # The two late reads (each connection's task reads its line in one step),
+    # and not the early one: three connections, the early one's task idle since.
+    served = {e["name"] for e in spans if e["cat"] == "task-step" and "_serve" in e["name"]}
+    assert len(served) == 2, served
+    # The ticks of every second of the window (one each 20 ms).
+    ticks = [e["ts"] for e in spans if e["cat"] == "task-step" and "(coro: tick)" in e["name"]]
+    for second in range(4):
+        assert sum(1 for ts in ticks if second * 1e6 <= ts < (second + 1) * 1e6) >= 10, second
+    summary = run_cli("trace", "summary", str(path), env=env)
+    assert summary.returncode == 0, summary.stderr
+    assert "task-step" in summary.stdout
+
+    frame = run_cli("top", str(pid), "--once", env=env)
+    assert frame.returncode == 0, frame.stderr
+    utilisation = float(re.search(r"utilisation (\d+\.\d)%", frame.stdout)[1])  # type: ignore[index]
+    rate = float(re.search(r"callbacks/s (\d+\.\d)", frame.stdout)[1])  # type: ignore[index]
+    assert 0 < utilisation < 50  # an idle program that ticks
+    assert 50 <= rate < 150  # a timer and a task step every 20 ms: 100 a second
+    assert "slowest steps of the last 1 s:\n" in frame.stdout
+    assert "(coro: tick)" in frame.stdout
+    assert "stalls seen (steps over 100 ms, while watched): 0" in frame.stdout
+    listed = run_cli("ps", env=env)
+    assert re.search(rf"^ +{pid} +\S+ +1/1 +\d+% ", listed.stdout, re.MULTILINE), listed.stdout
+    assert program.stop() == 0
+
+
+def test_trace_dump_errors_are_one_line_and_exit_1(
+    start: Any, runtime_dir: Path, tmp_path: Path
+) -> None:
+    env = target_env(runtime_dir)
+    no_such = 2**22 + 12345  # above the usual pid_max
+    result = run_cli("trace", "dump", str(no_such), "-o", str(tmp_path / "x.json"), env=env)
+    assert (result.returncode, result.stderr) == (1, f"loopy: no process {no_such}\n")
+    result = run_cli("trace", "dump", str(os.getpid()), "-o", str(tmp_path / "x.json"), env=env)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"loopy: process {os.getpid()} is not watchable (not a loopy program, or started "
+        "without LOOPY_MONITOR / LOOPY_FLIGHT_RECORDER)\n"
+    )
+    program = start("--monitor", env={"XDG_RUNTIME_DIR": str(runtime_dir)})
+    pid = program.proc.pid
+    wait_for_socket(runtime_dir, pid)
+    result = run_cli("trace", "dump", str(pid), "-o", str(tmp_path / "x.json"), env=env)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"loopy: process {pid}: loop #0 has no flight recorder "
+        "(start the program with LOOPY_FLIGHT_RECORDER=SECONDS)\n"
+    )
+    result = run_cli("trace", "dump", str(pid), "-o", str(tmp_path / "no" / "x.json"), env=env)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"loopy: cannot write the dump to {tmp_path}/no/x.json: ")
+    assert run_cli("trace", "dump", "abc", "-o", "x.json", env=env).returncode == 2
+    assert run_cli("trace", "dump", str(pid), env=env).returncode == 2
+    assert not list(tmp_path.iterdir())
+    assert program.stop() == 0
+
+
+def test_in_process_top_and_dump_read_the_recorder(
+    loop_thread: LoopThread, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Top's figures and stalls, ps's utilisation, and a dump, from a loop that records."""
+    loop = loop_thread.loop
+    assert "utilisation, callbacks/s, slowest steps, stalls: need" in top_once(capsys)
+    started = threading.Event()
+    loop.call_soon_threadsafe(lambda: (loop.start_flight_recorder(5), started.set()))
+    assert started.wait(TIMEOUT)
+
+    blocking, release = threading.Event(), threading.Event()
+
+    def hold_the_loop() -> None:
+        blocking.set()
+        release.wait(TIMEOUT)
+
+    loop.call_soon_threadsafe(hold_the_loop)
+    assert blocking.wait(TIMEOUT)
+    try:
+        out = top_once(capsys)  # (it waits until the loop has stood still 100 ms)
+    finally:
+        release.set()
+    # The step is found in the recorder's run_ready as in _run_once.
+    assert re.search(r"loop #0: BLOCKED for (at least )?\d\.\d\d s in .*hold_the_loop", out), out
+    assert re.search(
+        r"slowest steps of the last 1 s:\n +\d+\.\d{3} ms  .*hold_the_loop \(running\)", out
+    )
+    deadline = time.monotonic() + TIMEOUT
+    while True:  # until a frame saw the stall end
+        out = top_once(capsys)
+        if "stalls seen (steps over 100 ms, while watched): 1" in out:
+            break
+        assert time.monotonic() < deadline, out
+    assert re.search(r"\n  \d\d:\d\d:\d\d +1\d\d\.\d ms  .*hold_the_loop", out), out
+    assert re.search(r"utilisation \d+\.\d%   callbacks/s \d+\.\d", out)
+    assert re.search(r"slowest steps of the last 1 s:\n +1\d\d\.\d{3} ms  .*hold_the_loop", out)
+    # Seen once, counted once.
+    assert "stalls seen (steps over 100 ms, while watched): 1" in top_once(capsys)
+    assert cli.main(["ps"]) == 0
+    assert re.search(rf"{os.getpid()} .* 1/1 +\d+% ", capsys.readouterr().out)
+
+    path = tmp_path / "dump.json"
+    assert cli.main(["trace", "dump", str(os.getpid()), "-o", str(path), "--loop", "0"]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {path}: ")
+    names = {event["name"] for event in load_trace(path)["traceEvents"]}
+    assert any(name.endswith(".hold_the_loop") for name in names), names
+    assert cli.main(["trace", "dump", str(os.getpid()), "-o", str(path), "--loop", "7"]) == 1
+    assert capsys.readouterr().err == f"loopy: process {os.getpid()}: no loop #7 (loops: 0)\n"
+
+
+def test_a_dump_request_with_a_bad_loop_is_refused(loop_thread: LoopThread) -> None:
+    connection = client.Connection(os.getpid())
+    try:
+        answer = connection.request({"op": "dump", "loop": "first"})
+    finally:
+        connection.close()
+    assert answer == {"error": "malformed request: loop must be an integer"}

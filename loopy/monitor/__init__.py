@@ -1,4 +1,4 @@
-"""Watching a running program from outside: ``LOOPY_MONITOR=1``, ``loopy ps``, ``loopy top``.
+"""Watching a running program from outside: ``loopy ps``, ``loopy top``, ``loopy trace dump``.
 
 A watchable process listens on a private Unix socket (``paths.py``).  When
 ``loopy ps`` or ``loopy top`` (``client.py``) connects, a thread of the
@@ -16,11 +16,18 @@ How a process becomes watchable:
   ``--loop loopy:new_event_loop``, the ``loopy`` program) is watched.
   ``0`` or an empty value leave it off; anything else too, with one warning
   on the ``loopy`` logger naming the variable.
-* ``loopy.run(main(), monitor=True)``, or :func:`watch` on any loopy loop;
+* ``LOOPY_FLIGHT_RECORDER=SECONDS`` or ``LOOPY_DUMP_ON_STALL=SECONDS``:
+  the recorder implies the monitor (``new_event_loop`` watches a loop
+  whose recorder its environment started), and so do the seed program's
+  ``--flight-recorder`` and ``--dump-on-stall``;
+* ``loopy.run(main(), monitor=True)``, or :func:`watch` on any loopy loop
+  (``loop.start_flight_recorder`` alone does not make a loop watchable);
 * ``loopy --monitor`` for the seed program.
 
-Not built yet: the flight recorder (``LOOPY_FLIGHT_RECORDER``) and the
-dumps it feeds; busy and utilisation figures need it.
+With a flight recorder (``trace/flight.py``), ``top`` and ``ps`` also show
+the loop's utilisation, callbacks per second, slowest steps and stalls
+(read from the newest part of the ring, on the monitor's thread), and
+``loopy trace dump PID -o FILE`` fetches the recorder's window as a trace.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""The watching side: ``loopy ps`` and ``loopy top PID``.
+"""The watching side: ``loopy ps``, ``loopy top PID`` and ``loopy trace dump PID``.
 
-Both talk to a target's monitor thread (``server.py``) over its Unix socket
-(``paths.py``), one JSON line each way.  ``top`` keeps one connection and
+All talk to a target's monitor thread (``server.py``) over its Unix socket
+(``paths.py``), one JSON line each way (a dump's trace follows its line,
+length-prefixed: see :func:`dump`).  ``top`` keeps one connection and
 asks for a snapshot every second; an answer that takes longer than
 :data:`ANSWER_TIMEOUT` means the target holds the GIL in a C call (its
 monitor thread cannot run), which ``top`` reports while it keeps waiting.
@@ -24,10 +25,11 @@ import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
+from ..trace.fileformat import check_writable, replacing
 from . import paths
 from .server import WAKE_SIGNAL
 
-__all__ = ["Connection", "Unwatchable", "format_frame", "ps", "top"]
+__all__ = ["Connection", "Unwatchable", "dump", "format_frame", "ps", "top"]
 
 #: Seconds to wait for an answer before saying the target does not answer.
 ANSWER_TIMEOUT = 2.0
@@ -37,8 +39,15 @@ REFRESH = 1.0
 #: thread starts on the signal (see server.py), and one may come too early.
 NUDGE_EVERY = 0.25
 MAX_ANSWER = 16 * 1024 * 1024  # bytes: a bigger answer is not from a loopy monitor
+#: Seconds a dump's header may take: the target copies its ring, then
+#: encodes it on its monitor thread (about 2 s per million events).
+DUMP_TIMEOUT = 60.0
+#: Seconds without a byte of the dump's trace before giving up on it.
+DUMP_STALL_TIMEOUT = 10.0
+#: A bigger trace is not from a loopy recorder (64 MiB of ring encodes to less).
+MAX_DUMP = 2 * 1024 * 1024 * 1024
 
-NEEDS_RECORDER = "not shown yet (top does not read the flight recorder yet)"
+NEEDS_RECORDER = "need the flight recorder (start the target with LOOPY_FLIGHT_RECORDER=SECONDS)"
 _CLEAR = "\x1b[H\x1b[2J"
 _ASYNCIO_DIR = os.path.dirname(asyncio.__file__) + os.sep
 
@@ -131,6 +140,22 @@ class Connection:
         answer: dict[str, Any] = json.loads(line)
         return answer
 
+    def receive_bytes(self, size: int, into: Any, stall: float) -> None:
+        """Copy the next ``size`` bytes to the file ``into``; Gone after ``stall`` s silent."""
+        chunk, self.buffer = self.buffer[:size], self.buffer[size:]
+        into.write(chunk)
+        left = size - len(chunk)
+        self.sock.settimeout(stall)
+        while left:
+            try:
+                data = self.sock.recv(min(left, 1 << 20))
+            except OSError:  # (TimeoutError too)
+                raise Gone from None
+            if not data:
+                raise Gone
+            into.write(data)
+            left -= len(data)
+
     def request(self, request: dict[str, Any]) -> dict[str, Any] | None:
         """Send ``request``; its answer, or None if none came within :data:`ANSWER_TIMEOUT`."""
         self.send(request)
@@ -166,12 +191,13 @@ def ps(out: TextIO) -> int:
             continue
         loops = answer.get("loops", [])
         running = sum(1 for loop in loops if loop.get("running"))
+        busy = [loop["utilisation"] for loop in loops if loop.get("utilisation") is not None]
         rows.append(
             (
                 str(pid),
                 _duration(answer.get("uptime", 0.0)),
                 f"{running}/{len(loops)}",
-                "-",
+                f"{max(busy):.0%}" if busy else "-",
                 " ".join(answer.get("argv", [])),
             )
         )
@@ -179,7 +205,10 @@ def ps(out: TextIO) -> int:
     for pid_text, uptime, loops_text, util, command in rows:
         out.write(f"{pid_text:>7}  {uptime:>9}  {loops_text:>5}  {util:>4}  {command}\n")
     if rows:
-        out.write(f"(LOOPS: running/open; UTIL {NEEDS_RECORDER})\n")
+        out.write(
+            "(LOOPS: running/open; UTIL: the busiest loop's busy share of the last second;"
+            f" - : {NEEDS_RECORDER})\n"
+        )
     return 0
 
 
@@ -347,7 +376,7 @@ def format_frame(answer: dict[str, Any]) -> list[str]:
         f"   ready {state['ready']}   timers {state['timers']}"
         f"   descriptors {state['descriptors']}   tasks {state['tasks']}"
     )
-    lines.append(f"  utilisation, busy, callbacks/s: {NEEDS_RECORDER}")
+    lines.extend(_activity_lines(state.get("activity")))
     if state.get("stack"):
         where = "the running step" if state["phase"] == "callback" else "the thread"
         lines.append("")
@@ -372,6 +401,36 @@ def format_frame(answer: dict[str, Any]) -> list[str]:
     running = 1 if state["phase"] == "callback" and state["step"].startswith("Task ") else 0
     if state["tasks"] > len(waiting) + running:
         lines.append(f"  ... {state['tasks'] - len(waiting) - running} more")
+    return lines
+
+
+def _activity_lines(activity: dict[str, Any] | None) -> list[str]:
+    """The flight recorder's figures: busy share, callbacks/s, slowest steps, stalls."""
+    if activity is None:
+        return [f"  utilisation, callbacks/s, slowest steps, stalls: {NEEDS_RECORDER}"]
+    seconds = activity["seconds"]
+    # (Under a second for a loop too busy to read a second of: see recent_activity.)
+    last = f"{seconds:g} s" if seconds >= 1 else f"{seconds * 1e3:.0f} ms"
+    lines = [
+        f"  utilisation {activity['utilisation']:.1%}"
+        f"   callbacks/s {activity['callbacks_per_s']:.1f}"
+        f"   (last {last}; recorder window {activity['window_s']:g} s)",
+        "",
+        f"slowest steps of the last {last}:",
+    ]
+    for step in activity["slowest"]:
+        now = " (running)" if step["ended_s_ago"] <= 0 else ""
+        lines.append(f"  {step['ms']:>9.3f} ms  {step['step']}{now}")
+    if not activity["slowest"]:
+        lines.append("  (none)")
+    threshold = activity["stall_threshold"]
+    lines.append("")
+    lines.append(
+        f"stalls seen (steps over {threshold * 1e3:g} ms, while watched): {activity['stalls_seen']}"
+    )
+    for stall in reversed(activity["stalls"]):
+        at = time.strftime("%H:%M:%S", time.localtime(stall["at"]))
+        lines.append(f"  {at}  {stall['ms']:>9.1f} ms  {stall['step']}")
     return lines
 
 
@@ -416,3 +475,65 @@ def _fd_line(fd: dict[str, Any]) -> str:
 
 def _seconds(seconds: float) -> str:
     return f"{seconds:.1f} s"
+
+
+# ----------------------------------------------------------------------
+# loopy trace dump PID -o FILE
+# ----------------------------------------------------------------------
+
+
+def dump(pid: int, output: str, *, loop: int | None, out: TextIO) -> int:
+    """Fetch process ``pid``'s flight-recorder window and write it to ``output`` (ours, not its).
+
+    The target copies its ring, encodes the trace on its monitor thread
+    and sends one JSON line saying how many bytes follow, then the trace
+    file itself.  This process writes ``output`` (relative to its own
+    working directory): the target is never given a path.  The file
+    appears only once complete (written beside it, then renamed).
+    """
+    try:
+        check_writable(output)
+    except OSError as exc:
+        print(f"loopy: cannot write the dump to {output}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    try:
+        connection = Connection(pid)
+    except Unwatchable as exc:
+        print(f"loopy: {exc}", file=sys.stderr)
+        return 1
+    try:
+        # First a quick question, so that the thread is known to run: the
+        # target is then not sent WAKE_SIGNAL every NUDGE_EVERY while it encodes.
+        hello = connection.request({"op": "hello"})
+        if hello is None:
+            print(f"loopy: process {pid} {_silent(ANSWER_TIMEOUT)}", file=sys.stderr)
+            return 1
+        if "error" in hello:  # refused: "too many clients"
+            print(f"loopy: process {pid}: {hello['error']}", file=sys.stderr)
+            return 1
+        connection.send({"op": "dump", "loop": loop})
+        header = connection.receive(DUMP_TIMEOUT)
+        if header is None:
+            print(f"loopy: process {pid} {_silent(DUMP_TIMEOUT)}", file=sys.stderr)
+            return 1
+        if "error" in header:
+            print(f"loopy: process {pid}: {header['error']}", file=sys.stderr)
+            return 1
+        size = header.get("bytes")
+        if not isinstance(size, int) or not 0 < size <= MAX_DUMP:
+            print(f"loopy: process {pid}: a dump of {size!r} bytes: not sent", file=sys.stderr)
+            return 1
+        with replacing(output) as file:
+            connection.receive_bytes(size, file, DUMP_STALL_TIMEOUT)
+    except Gone:
+        print(f"loopy: process {pid} hung up before its dump was complete", file=sys.stderr)
+        return 1
+    finally:
+        connection.close()
+    out.write(
+        f"wrote {output}: {header['span_s']:.2f} s of loop #{header['loop']}"
+        f" (window {header['window_s']:g} s), {header['events']} events, {size} bytes;"
+        f" the loop was held {header['copy_ms']:.2f} ms for the copy,"
+        f" encoded in {header['encode_s']:.2f} s off its thread\n"
+    )
+    return 0

@@ -96,6 +96,7 @@ __all__ = [
     "FlightRecorder",
     "FlightSnapshot",
     "flight_from_environment",
+    "recent_activity",
     "snapshot",
 ]
 
@@ -818,6 +819,102 @@ def snapshot(loop: LoopContract) -> FlightSnapshot | None:
     """
     flight = getattr(loop, "_flight", None)
     return flight.snapshot() if flight is not None else None
+
+
+#: Slots :func:`recent_activity` copies first; four times more per retry,
+#: up to :data:`_TAIL_MAX` (1 MiB; measured: 0.02 ms for the copies, the
+#: loop held, then 16 ms of reading on the monitor's thread).
+_TAIL_SLOTS = 4096 * SLOT
+_TAIL_MAX = 65536 * SLOT
+
+
+def _tail(flight: FlightRecorder, since: float) -> tuple[Any, bool]:
+    """The ring's newest slots, back to one older than ``since``, oldest first; and if all.
+
+    All: the slots reach back past ``since``, or are all the ring holds.
+    Not all: a loop running more than 65,536 steps in the interval (the
+    copy stops at :data:`_TAIL_MAX`).
+
+    For ``loopy top`` each second: not the whole ring (up to 64 MiB, 35 to
+    115 ms of the loop held), a few thousand slots, each copy one C call
+    under the GIL (0.02 ms for 65,536 events).  The first slot copied
+    may be the second half of a wait; the reader drops the first step
+    anyway (its start is unknown).
+    """
+    want = _TAIL_SLOTS
+    while True:
+        i, buf, wrapped = flight.i, flight.buf, flight.wrapped
+        held = len(buf) if wrapped else i
+        take = min(want, held)
+        if take <= i:
+            slots = buf[i - take : i]
+        else:  # (wrapped: the end of the array, then its start)
+            slots = buf[len(buf) - (take - i) :]
+            slots.frombytes(memoryview(buf)[:i].cast("B"))
+        if buf is not flight.buf:
+            continue  # the ring grew meanwhile: copy from the new one
+        if take >= held or slots[1] < since:
+            return slots, True
+        if want >= _TAIL_MAX:
+            return slots, False
+        want *= 4
+
+
+def recent_activity(loop: LoopContract, seconds: float = 1.0) -> dict[str, Any] | None:
+    """What ``loop`` did in the last ``seconds``, from its recorder (None without one).
+
+    The busy share (steps' time over ``seconds``, the step running now
+    included), callbacks per second, and the slowest steps.  A loop too
+    busy for :func:`_tail`'s bound is measured over the shorter span the
+    copy covers (``seconds`` in the answer says which).  Called by the
+    monitor's thread: the loop is held only for :func:`_tail`'s copy; the
+    reading and naming happen here, on the caller's thread.
+    """
+    flight: FlightRecorder | None = getattr(loop, "_flight", None)
+    if flight is None:
+        return None
+    now = flight.clock()
+    since = now - seconds
+    slots, whole = _tail(flight, since)
+    if not whole:  # (the first slot copied is the oldest time known)
+        since = slots[1]
+        seconds = now - since
+    running_start = flight.running
+    running_code = flight.step_code
+    steps: list[tuple[float, float, int]] = []  # (duration, end, code)
+    busy = 0.0
+    last = -math.inf  # where the next step begins (see FlightSnapshot.records)
+    j, size = 0, len(slots)
+    while j < size:
+        code, t = int(slots[j]), slots[j + 1]
+        j += SLOT
+        kind = code & 15
+        if kind <= K_TIMER:
+            start, last = last, t
+            if t > since and start > -math.inf:
+                busy += t - max(start, since)
+                steps.append((t - start, t, code))
+        elif kind == K_WAIT and j < size:
+            last = slots[j + 1]  # the wait's end, in its second slot (skipped)
+            j += SLOT
+    finished = len(steps)
+    if running_start >= 0:  # a step in progress counts up to now
+        busy += now - max(running_start, since)
+        steps.append((now - running_start, now, running_code))
+    steps.sort(reverse=True)
+    labels = _Labels(flight.task_labels, flight._task_refs)
+    slowest = []
+    for duration, end, code in steps[:5]:
+        name, _ = _step_name(code, flight.names, labels)
+        slowest.append({"step": name, "ms": duration * 1e3, "ended_s_ago": now - end, "end": end})
+    return {
+        "seconds": seconds,
+        "utilisation": min(1.0, busy / seconds),
+        "callbacks_per_s": finished / seconds,
+        "slowest": slowest,
+        "window_s": flight.seconds,
+        "stall_after": flight.stall_after if flight.stall_after < math.inf else None,
+    }
 
 
 def _finish_group(group: list[Any]) -> list[tuple[Any, ...]]:

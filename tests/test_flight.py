@@ -309,6 +309,30 @@ def test_a_dump_reads_with_the_summary_and_passes_the_format_checker(
     assert "loopy trace summary" in capsys.readouterr().out
 
 
+def test_a_step_still_running_counts_as_busy_in_its_iteration(vloop: Any, tmp_path: Path) -> None:
+    # A dump taken while a step holds the loop (from top, trace dump or the
+    # stall watchdog) must not say the loop was idle: the step's iteration
+    # runs up to the dump, and the summary counts it as busy.
+    flight = vloop.start_flight_recorder(10)
+    taken: list[FlightSnapshot] = []
+
+    def blocking_step() -> None:
+        vloop.virtual_clock.advance(0.8)  # the step holds the loop 0.8 s
+        taken.append(flight.snapshot())
+
+    vloop.run_until_complete(asyncio.sleep(0.2))
+    vloop.call_soon(blocking_step)
+    vloop.run_until_complete(asyncio.sleep(0))
+    path = tmp_path / "during.json"
+    trace = dump(taken[0], path)
+    last_iteration = max(events(trace, "iteration"), key=lambda e: e["args"]["n"])
+    end = trace["otherData"]["duration_us"]
+    assert last_iteration["ts"] + last_iteration["dur"] == pytest.approx(end, abs=1)
+    summary = summarize(load_trace(path))
+    assert summary.busy_time == pytest.approx(0.8, abs=0.01)
+    assert summary.utilisation > 0.7
+
+
 def test_with_a_trace_recorder_at_the_same_time_both_see_every_step(loop: Any) -> None:
     recorder = TraceRecorder()
     recorder.attach(loop)

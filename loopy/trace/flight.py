@@ -724,7 +724,9 @@ class FlightSnapshot:
                                 "parent", None, "first_sight", kind == K_TASK_SEEN]  # fmt: skip
                 group.append(previous)
             # (K_PAD: nothing.)
-        if wait is not None:  # the iteration in progress, up to its last step
+        if self.running is not None:  # a step in progress: it and its iteration end now
+            last, steps = self.now, steps + 1
+        if wait is not None:  # the iteration in progress, up to its last step (or now)
             iterations += 1
             group.append(self._iteration(iterations, wait, last - begin, steps))
         if self.running is not None:

@@ -42,9 +42,13 @@ import threading
 from types import FrameType
 from typing import Any
 
-from ..handles import callback_name
 from ..loop import Loop
-from ..trace.describe import callback_task, coroutine_stack
+from ..trace.describe import (
+    callback_task,
+    coroutine_stack,
+    handle_label,
+    task_coroutine,
+)
 from ..trace.flight import FlightRecorder
 
 __all__ = ["current_step", "describe_fds", "pending_tasks", "thread_stack"]
@@ -97,22 +101,8 @@ def current_step(run_once: FrameType | None) -> tuple[str, str | None, Any]:
     if handle is None:
         return "waiting", None, None
     callback = getattr(handle, "_callback", None)
-    if callback is None:
-        return "callback", "<cancelled>", None
-    task = callback_task(callback)
-    if task is not None:
-        return "callback", task_label(task), task
-    return "callback", callback_name(callback), None
-
-
-def task_label(task: Any) -> str:
-    """``Task NAME (coro: NAME)``, without ``get_coro()`` once the task is done."""
-    name = task.get_name()
-    if task.done():
-        return f"Task {name} (done)"
-    coro = task.get_coro()
-    coro_name = getattr(coro, "__name__", None) or type(coro).__name__
-    return f"Task {name} (coro: {coro_name})"
+    task = callback_task(callback) if callback is not None else None
+    return "callback", handle_label(handle), task
 
 
 def thread_stack(top: FrameType | None, stop: FrameType | None) -> list[dict[str, Any]]:
@@ -156,7 +146,7 @@ def task_position(task: Any) -> tuple[tuple[str, int, str], ...]:
     """Where a pending task is suspended: its await chain, outermost first."""
     if task.done():
         return ()
-    stack = coroutine_stack(task.get_coro())
+    stack = coroutine_stack(task_coroutine(task))
     return tuple((loc.filename, loc.lineno, loc.function) for loc in stack)
 
 
@@ -171,18 +161,10 @@ def describe_fds(loop: Loop) -> tuple[int, list[dict[str, Any]]]:
         if fd in transports:
             entry["transport"] = type(transports[fd]).__name__
         reader, writer = watch.reader, watch.writer
-        entry["reader"] = _handle_name(reader) if reader is not None else None
-        entry["writer"] = _handle_name(writer) if writer is not None else None
+        entry["reader"] = handle_label(reader) if reader is not None else None
+        entry["writer"] = handle_label(writer) if writer is not None else None
         described.append(entry)
     return len(watches), described
-
-
-def _handle_name(handle: Any) -> str:
-    callback = getattr(handle, "_callback", None)
-    if callback is None:
-        return "<cancelled>"
-    task = callback_task(callback)
-    return task_label(task) if task is not None else callback_name(callback)
 
 
 def _socket_addresses(fd: int) -> dict[str, Any]:

@@ -80,6 +80,7 @@ from typing import Any
 
 from ..loop import Loop
 from ..trace import flight
+from ..trace.describe import task_label
 from . import paths, probe
 
 __all__ = ["MonitorServer", "register"]
@@ -611,7 +612,7 @@ class MonitorServer:
         rows.sort(key=lambda row: row[0])
         return len(tasks), [
             {
-                "task": probe.task_label(task),
+                "task": task_label(task),
                 "waiting": now - since,
                 "at": [list(location) for location in where],
             }

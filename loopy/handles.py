@@ -188,6 +188,32 @@ class Handle(asyncio.Handle):
         return kept if kept is not None else f"<{' '.join(self._repr_info())}>"
 
 
+class IOHandle(Handle):
+    """The handle ``add_reader``/``add_writer`` keep for a descriptor, queued each time it is ready.
+
+    One handle serves every readiness of its descriptor until it is removed,
+    so it is where what never changes about it is kept: ``_io``, the
+    descriptor and direction (``fd * 4`` plus 1 for reading, 2 for
+    writing), and ``_flight_code``, the flight recorder's number for this
+    step (0 until the recorder first runs it; see ``trace/flight.py``).
+    asyncio calls it a Handle, and so does its repr.
+    """
+
+    __slots__ = ("_flight_code", "_io")
+
+    def __init__(
+        self, callback: Callable[..., object], args: tuple[Any, ...], loop: LoopContract, io: int
+    ) -> None:
+        super().__init__(callback, args, loop)
+        self._io = io
+        self._flight_code = 0
+
+    def _repr_info(self) -> list[str]:
+        info = super()._repr_info()
+        info[0] = "Handle"
+        return info
+
+
 class TimerHandle(Handle, asyncio.TimerHandle):
     """A handle with a deadline, on the loop's clock (``loop.time()``).
 

@@ -58,7 +58,7 @@ from .connections import ConnectionMethods
 from .datagrams import DatagramMethods
 from .epoll import default_selector, readiness_of
 from .futures import Future as LoopyFuture
-from .handles import DEBUG_STACK_DEPTH, Handle, TimerHandle, check_callable
+from .handles import DEBUG_STACK_DEPTH, Handle, IOHandle, TimerHandle, check_callable
 from .instruments import Hooks
 from .pipes import PipeMethods
 from .sendfile import SendfileMethods
@@ -248,7 +248,6 @@ class Loop(
             polled = poll(timeout)
         else:
             polled = self._poll_observed(hooks, timeout)
-        io_from = len(ready)  # where step 2's handles begin (for the flight recorder)
         for fd, events in polled:
             try:
                 watch = watches[fd]
@@ -270,37 +269,40 @@ class Loop(
             del fired  # (else the handles would all be freed at once, cache-cold, at return)
 
         # 4. Run exactly the callbacks ready now, what they schedule waits for the next
-        #    iteration: here (or in FlightRecorder.run_ready, the recording twin).
+        #    iteration.  A flight recorder notes the wait's end, then each step's end.
         if flight is not None:
-            flight.run_ready(self, hooks, polled, timeout, io_from)
-        else:
-            popleft = ready.popleft
-            # Instruments that watch callbacks, and debug mode, see each one.
-            observed = self._debug or (hooks is not None and hooks.watches_callbacks)
-            for _ in range(len(ready)):
-                handle = popleft()
+            flight.waited(timeout)
+        popleft = ready.popleft
+        # Instruments that watch callbacks, and debug mode, see each one.
+        observed = self._debug or (hooks is not None and hooks.watches_callbacks)
+        for _ in range(len(ready)):
+            handle = popleft()
+            if handle._cancelled:
+                continue
+            if flight is not None:
+                step = flight.starting(handle)
+            if observed:
+                started = self._callback_starting(handle)
+            try:
+                # In the handle's context; without *args when there are none (3x cheaper).
                 if handle._cancelled:
-                    continue
-                if observed:
-                    started = self._callback_starting(handle)
-                try:
-                    # In the handle's context; without *args when there are none (3x cheaper).
-                    if handle._cancelled:
-                        pass  # (by an instrument's callback_started)
-                    elif handle._args:  # (both read before *args allocates: a __del__ may cancel)
-                        callback, args = handle._callback, handle._args
-                        handle._context.run(callback, *args)  # type: ignore[arg-type]
-                    else:
-                        handle._context.run(handle._callback)  # type: ignore[arg-type]
-                except (SystemExit, KeyboardInterrupt):
-                    raise  # these stop the loop, as they stop any Python program
-                except BaseException as exc:
-                    self._callback_failed(handle, exc)  # anything else: report, carry on
-                if observed:
-                    self._callback_finished(handle, started)
-            # (A traceback keeps this frame: the last handle, holding an error,
-            # would make a reference cycle.)
-            handle = callback = args = None  # type: ignore[assignment]
+                    pass  # (by an instrument's callback_started)
+                elif handle._args:  # (both read before *args allocates: a __del__ may cancel)
+                    callback, args = handle._callback, handle._args
+                    handle._context.run(callback, *args)  # type: ignore[arg-type]
+                else:
+                    handle._context.run(handle._callback)  # type: ignore[arg-type]
+            except (SystemExit, KeyboardInterrupt):
+                raise  # these stop the loop, as they stop any Python program
+            except BaseException as exc:
+                self._callback_failed(handle, exc)  # anything else: report, carry on
+            if observed:
+                self._callback_finished(handle, started)
+            if flight is not None:
+                flight.finished(step)
+        # (A traceback keeps this frame: the last handle, holding an error,
+        # would make a reference cycle.)
+        handle = callback = args = None  # type: ignore[assignment]
         if hooks is not None and hooks.iteration_finished:
             hooks.call("iteration_finished", self)
 
@@ -596,18 +598,14 @@ class Loop(
         watcher calls this very name.
         """
         self._check_closed()
-        handle = Handle(callback, args, self)
-        self._watch(fd, selectors.EVENT_READ, handle)
-        return handle
+        return self._watch(fd, selectors.EVENT_READ, callback, args)
 
     def _add_writer(
         self, fd: FileDescriptorLike, callback: Callable[..., object], *args: Any
     ) -> Handle:
         """``add_writer`` that returns the handle registered."""
         self._check_closed()
-        handle = Handle(callback, args, self)
-        self._watch(fd, selectors.EVENT_WRITE, handle)
-        return handle
+        return self._watch(fd, selectors.EVENT_WRITE, callback, args)
 
     def _remove_reader(self, fd: FileDescriptorLike) -> bool:
         """``remove_reader`` for the descriptor's own transport."""
@@ -617,8 +615,16 @@ class Loop(
         """``remove_writer`` for the descriptor's own transport."""
         return self._unwatch(fd, selectors.EVENT_WRITE)
 
-    def _watch(self, fileobj: FileDescriptorLike, event: int, handle: Handle) -> None:
+    def _watch(
+        self,
+        fileobj: FileDescriptorLike,
+        event: int,
+        callback: Callable[..., object],
+        args: tuple[Any, ...],
+    ) -> IOHandle:
         fd = fd_of(fileobj)
+        direction = 1 if event == selectors.EVENT_READ else 2
+        handle = IOHandle(callback, args, self, fd << 2 | direction)
         watch = self._watches.get(fd)
         # (The same object again cannot be a closed one: fd_of() refused that.)
         if watch is not None and watch.fileobj is not fileobj and _is_closed_socket(watch.fileobj):
@@ -646,6 +652,7 @@ class Loop(
             old, watch.writer = watch.writer, handle
         if old is not None:
             old.cancel()
+        return handle
 
     def _unwatch(self, fileobj: FileDescriptorLike, event: int) -> bool:
         if self._closed:

@@ -35,7 +35,14 @@ import loopy
 from loopy.cli import main as cli_main
 from loopy.trace import TraceRecorder, load_trace, summarize
 from loopy.trace import flight as flight_module
-from loopy.trace.flight import DumpLimiter, FlightRecorder, FlightSnapshot
+from loopy.trace.flight import (
+    DumpLimiter,
+    FlightRecorder,
+    FlightSnapshot,
+    NameTable,
+    recent_activity,
+)
+from tests.helpers import make_loop
 from tests.test_trace_format import check_trace, strict_json_loads
 
 # ----------------------------------------------------------------------
@@ -391,7 +398,8 @@ def test_the_variables_start_the_recorder(
     monkeypatch.setenv("LOOPY_FLIGHT_RECORDER", "3")
     loop = loopy.new_event_loop()
     assert loop.flight_recorder.seconds == 3
-    assert loop.flight_recorder.stall_after == float("inf")
+    assert loop.flight_recorder.stall_after == 0.1  # (stalls counted, none dumped)
+    assert loop.flight_recorder._watchdog is None
     # ... and make the loop watchable, as LOOPY_MONITOR=1 does.
     assert server._server is not None
     assert server._server.open_loops() == [loop]
@@ -421,12 +429,12 @@ def test_a_dump_dir_that_is_not_a_directory_leaves_stall_dumps_off(
 
 @pytest.mark.parametrize("tasks", ["asyncio", "loopy"])
 def test_loopy_run_takes_the_recorder(tasks: str) -> None:
-    async def main() -> tuple[float, float]:
+    async def main() -> tuple[float, float, bool]:
         flight = asyncio.get_running_loop().flight_recorder
-        return flight.seconds, flight.stall_after
+        return flight.seconds, flight.stall_after, flight._watchdog is not None
 
-    assert loopy.run(main(), tasks=tasks, flight_recorder=2) == (2, float("inf"))
-    assert loopy.run(main(), tasks=tasks, dump_on_stall=0.5) == (10, 0.5)
+    assert loopy.run(main(), tasks=tasks, flight_recorder=2) == (2, 0.1, False)
+    assert loopy.run(main(), tasks=tasks, dump_on_stall=0.5) == (10, 0.5, True)
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "-1", "inf"])
@@ -596,7 +604,8 @@ def test_labels_of_tasks_dead_longer_than_the_window_are_forgotten(vloop: Any) -
 def test_past_the_most_names_a_callback_is_other(
     loop: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr("loopy.trace.flight.MAX_NAMES", 2)  # "<other>" and one more
+    # The process's names, a fresh table holding "<other>" and one more.
+    monkeypatch.setattr("loopy.trace.flight.NAMES", NameTable(limit=2))
     flight = loop.start_flight_recorder(10)
 
     def first() -> None:
@@ -719,3 +728,29 @@ def test_recent_activity_of_a_very_busy_loop_covers_what_it_copied(
     assert activity is not None
     assert 0 < activity["seconds"] < 1.0  # the span of the last 32 slots
     assert activity["callbacks_per_s"] * activity["seconds"] <= 32
+
+
+@pytest.mark.parametrize("kind", ["loopy", "loopy-own"])
+def test_the_recorder_counts_every_stall_and_keeps_the_newest(kind: str) -> None:
+    """Steps over 100 ms are counted from the start, seen or not; the newest five are named."""
+    loop = make_loop(kind, virtual=True)
+    try:
+        flight = loop.start_flight_recorder(60)
+
+        def hold(seconds: float) -> None:
+            loop.virtual_clock.advance(seconds)  # the step takes this long, on the loop's clock
+
+        for seconds in (0.05, 0.2, 0.09, 0.3, 0.15, 0.12, 0.11, 0.101):
+            loop.call_soon(hold, seconds)
+        loop.run_until_complete(asyncio.sleep(0))
+        assert flight.stall_count == 6  # not 0.05 nor 0.09: under the threshold
+        activity = recent_activity(loop, 1.0)
+        assert activity is not None
+        assert activity["stall_count"] == 6
+        assert activity["dumps"] is None  # no dump_on_stall: counted, not dumped
+        assert [round(stall["ms"]) for stall in activity["stalls"]] == [300, 150, 120, 110, 101]
+        assert {stall["step"] for stall in activity["stalls"]} == {
+            "test_the_recorder_counts_every_stall_and_keeps_the_newest.<locals>.hold"
+        }
+    finally:
+        loop.close()

@@ -929,7 +929,7 @@ def test_trace_dump_of_the_recorded_seed_program_holds_its_last_seconds(
     assert 50 <= rate < 150  # a timer and a task step every 20 ms: 100 a second
     assert "slowest steps of the last 1 s:\n" in frame.stdout
     assert "(coro: tick)" in frame.stdout
-    assert "stalls seen (steps over 100 ms, while watched): 0" in frame.stdout
+    assert "stalls (steps over 100 ms) since recording began: 0" in frame.stdout
     listed = run_cli("ps", env=env)
     assert re.search(rf"^ +{pid} +\S+ +1/1 +\d+% ", listed.stdout, re.MULTILINE), listed.stdout
     assert program.stop() == 0
@@ -994,16 +994,16 @@ def test_in_process_top_and_dump_read_the_recorder(
         r"slowest steps of the last 1 s:\n +\d+\.\d{3} ms  .*hold_the_loop \(running\)", out
     )
     deadline = time.monotonic() + TIMEOUT
-    while True:  # until a frame saw the stall end
+    while True:  # until the stall ended
         out = top_once(capsys)
-        if "stalls seen (steps over 100 ms, while watched): 1" in out:
+        if "stalls (steps over 100 ms) since recording began: 1" in out:
             break
         assert time.monotonic() < deadline, out
     assert re.search(r"\n  \d\d:\d\d:\d\d +1\d\d\.\d ms  .*hold_the_loop", out), out
     assert re.search(r"utilisation \d+\.\d%   callbacks/s \d+\.\d", out)
     assert re.search(r"slowest steps of the last 1 s:\n +1\d\d\.\d{3} ms  .*hold_the_loop", out)
-    # Seen once, counted once.
-    assert "stalls seen (steps over 100 ms, while watched): 1" in top_once(capsys)
+    # Counted once.
+    assert "stalls (steps over 100 ms) since recording began: 1" in top_once(capsys)
     assert cli.main(["ps"]) == 0
     assert re.search(rf"{os.getpid()} .* 1/1 +\d+% ", capsys.readouterr().out)
 

@@ -424,9 +424,12 @@ def _activity_lines(activity: dict[str, Any] | None) -> list[str]:
     if not activity["slowest"]:
         lines.append("  (none)")
     threshold = activity["stall_threshold"]
+    dumps = activity["dumps"]
+    written = f"; {dumps} dumped" if dumps is not None else ""
     lines.append("")
     lines.append(
-        f"stalls seen (steps over {threshold * 1e3:g} ms, while watched): {activity['stalls_seen']}"
+        f"stalls (steps over {threshold * 1e3:g} ms) since recording began: "
+        f"{activity['stall_count']}{written}"
     )
     for stall in reversed(activity["stalls"]):
         at = time.strftime("%H:%M:%S", time.localtime(stall["at"]))

@@ -49,14 +49,10 @@ from ..trace.describe import (
     handle_label,
     task_coroutine,
 )
-from ..trace.flight import FlightRecorder
 
 __all__ = ["current_step", "describe_fds", "pending_tasks", "thread_stack"]
 
 _RUN_ONCE = Loop._run_once.__code__
-# With a flight recorder, step 4 runs in its run_ready (the same locals:
-# ``handle``), called by _run_once: the innermost of the two is the step's.
-_STEP_CODES = (_RUN_ONCE, FlightRecorder.run_ready.__code__)
 
 #: At most this many frames, descriptors and tasks go into one answer.
 MAX_FRAMES = 40
@@ -74,16 +70,12 @@ if _SCHEDULED is None:  # pragma: no cover - Python 3.11
 
 
 def loop_frame(thread_id: int | None) -> tuple[FrameType | None, FrameType | None]:
-    """The innermost frame of the loop's thread, and the frame running its iteration (or None).
-
-    That is ``_run_once``'s, or the flight recorder's ``run_ready`` while
-    it runs step 4.
-    """
+    """The innermost frame of the loop's thread, and its ``_run_once`` frame (or None)."""
     if thread_id is None:
         return None, None
     top = sys._current_frames().get(thread_id)
     frame = top
-    while frame is not None and frame.f_code not in _STEP_CODES:
+    while frame is not None and frame.f_code is not _RUN_ONCE:
         frame = frame.f_back
     return top, frame
 

@@ -102,8 +102,6 @@ BLOCKED_AFTER = 0.1
 
 #: Seconds of the recorder's past that top's utilisation and callbacks/s cover.
 ACTIVITY_SECONDS = 1.0
-#: Stalls ``top`` lists (the newest).
-STALLS_LISTED = 5
 #: Seconds a dump's header and trace may take to send (it may be tens of MB).
 DUMP_SEND_TIMEOUT = 30.0
 
@@ -118,12 +116,9 @@ class _Watched:
         "index",
         "last_at",
         "last_count",
-        "last_stall",
         "loop",
         "progress_at",
         "progress_exact",
-        "stalls",
-        "stalls_seen",
         "tasks",
     )
 
@@ -141,39 +136,6 @@ class _Watched:
         # id(task) -> (weak reference, where it was suspended, first seen there):
         # how long each task has waited at the same place, across snapshots.
         self.tasks: dict[int, tuple[Any, tuple[Any, ...], float]] = {}
-        # Stalls found in the recorder's last seconds by any frame so far:
-        # the newest few, how many in all, and the end time (loop clock) of
-        # the newest, so that the next frame counts none twice.
-        self.stalls: deque[dict[str, Any]] = deque(maxlen=STALLS_LISTED)
-        self.stalls_seen = 0
-        self.last_stall = float("-inf")
-
-    def activity(self, loop: Loop) -> dict[str, Any] | None:
-        """The recorder's figures for the last :data:`ACTIVITY_SECONDS` (None without one).
-
-        Adds the finished steps longer than the stall threshold (the
-        recorder's, else :data:`BLOCKED_AFTER`) to the stalls seen.
-        """
-        activity = flight.recent_activity(loop, ACTIVITY_SECONDS)
-        if activity is None:
-            return None
-        threshold = activity["stall_after"] or BLOCKED_AFTER
-        for step in sorted(activity["slowest"], key=lambda step: step["end"]):
-            finished = step["ended_s_ago"] > 0
-            if finished and step["ms"] >= threshold * 1e3 and step["end"] > self.last_stall:
-                self.last_stall = step["end"]
-                self.stalls_seen += 1
-                self.stalls.append(
-                    {
-                        "step": step["step"],
-                        "ms": step["ms"],
-                        "at": time.time() - step["ended_s_ago"],
-                    }
-                )
-        activity["stalls_seen"] = self.stalls_seen
-        activity["stalls"] = list(self.stalls)
-        activity["stall_threshold"] = threshold
-        return activity
 
     def sample(self, now: float) -> None:
         loop = self.loop()
@@ -584,7 +546,7 @@ class MonitorServer:
             "ready": len(loop._ready),
             "timers": loop._timers.count - loop._timers.cancelled,
             "stack": probe.thread_stack(top, run_once if phase == "callback" else None),
-            "activity": watched.activity(loop),
+            "activity": flight.recent_activity(loop, ACTIVITY_SECONDS),
         }
         state["descriptors"], state["fds"] = probe.describe_fds(loop)
         state["tasks"], state["waiting"] = self._tasks(watched, loop, now, task)

@@ -79,7 +79,7 @@ from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..handles import TimerHandle, callback_name
+from ..handles import Handle, IOHandle, TimerHandle, callback_name
 from ..loop import FLIGHT_ENV, STALL_ENV
 from .describe import callback_task, is_task, task_label
 from .export import write_trace
@@ -134,16 +134,18 @@ K_TASK_CREATED, K_TASK_SEEN, K_TASK_DONE = 7, 8, 9  # number: the task's
 K_ARG = 10
 K_PAD = 11  # nothing: a slot left at the end of the ring
 _OUTCOMES = ("result", "exception", "cancelled")
-# An I/O step's code, but for its name: descriptor * 4 + 1 (read) or 2 (write).
-_FD_SHIFT = _NUMBER_SHIFT + 2
-_IO_READ = 1 << _NUMBER_SHIFT | K_IO
-_IO_WRITE = 2 << _NUMBER_SHIFT | K_IO
+# (An I/O step's number is its handle's ``_io``: descriptor * 4 + 1 (read) or 2 (write).)
 
 # The types a callback usually is, for the cheap key of its name.
 _METHOD = types.MethodType
 _FUNCTION = types.FunctionType
 _BUILTIN = types.BuiltinMethodType
 _PARTIAL = functools.partial
+
+#: A step longer than this is a stall (the recorder lists the newest
+#: ``STALLS_KEPT``), unless ``dump_on_stall`` sets another threshold.
+STALL_AFTER = 0.1
+STALLS_KEPT = 5
 
 #: The stall dumps: one file per this many seconds at most, and at most
 #: ``MAX_DUMPS`` per process (a program that stalls all day must not fill a disk).
@@ -184,28 +186,82 @@ class DumpLimiter:
 limiter = DumpLimiter()
 
 
+class NameTable:
+    """The names of the steps, by index, shared by every recorder in the process.
+
+    Shared, because an I/O handle keeps its code (its name's index in it)
+    for as long as it lives (``IOHandle._flight_code``), across recorders.
+    ``index`` maps a callback's key (see :meth:`FlightRecorder.starting`) to
+    its index shifted into place, or to -1 for a task's step (named by its
+    task).  Only grows, under ``lock``, so a snapshot may share ``names``.
+    """
+
+    def __init__(self, limit: int = MAX_NAMES) -> None:
+        self.limit = limit
+        self.names: list[str] = ["<other>"]
+        self.index: dict[Any, int] = {}
+        self.codes: list[Any] = []  # the code objects whose ids are keys, kept alive
+        self.lock = threading.Lock()
+
+    def intern(self, key: Any, callback: Any) -> int:
+        """The code of ``callback``'s name (-1 for a task step), remembered under ``key``."""
+        with self.lock:
+            known = self.index.get(key)
+            if known is not None:
+                return known
+            if callback_task(callback) is not None:
+                self.index[key] = -1
+                return -1
+            if len(self.names) >= self.limit:
+                return 0
+            code = getattr(getattr(callback, "__func__", callback), "__code__", None)
+            if code is not None:
+                self.codes.append(code)  # alive, so that its id (the key) is never reused
+            return self._add(key, callback_name(callback))
+
+    def error_code(self, kind: type[BaseException]) -> int:
+        """The code of an exception type's name (for a task's outcome), 0 past the limit."""
+        with self.lock:
+            known = self.index.get(kind)
+            if known is not None:
+                return known
+            return self._add(kind, kind.__qualname__) if len(self.names) < self.limit else 0
+
+    def _add(self, key: Any, name: str) -> int:
+        code = len(self.names) << _NAME_SHIFT
+        self.names.append(name)
+        self.index[key] = code
+        return code
+
+
+#: The process's names (tests put a small one in its place).
+NAMES = NameTable()
+
+
 class FlightRecorder:
     """The ring of one loop's recent events; see the module docstring.
 
     Start it with ``loop.start_flight_recorder(seconds)``; ``_run_once``
-    calls :meth:`run_ready` for its step 4, and
-    ``create_task`` calls :meth:`task_created`.
+    calls :meth:`waited` once step 4 begins, :meth:`starting` and
+    :meth:`finished` around each step, and ``create_task`` calls
+    :meth:`task_created`.
 
     Invariants: ``buf`` holds ``capacity`` slots and ``ring`` is a
     memoryview of it; ``i`` is the index of the next number to write (a
     multiple of :data:`SLOT`), and once ``wrapped`` the slots from ``i`` on
-    are older than those before it.  ``running`` is the start time of the
-    callback running now, -1.0 when none runs; ``step_code`` is its code.
+    are older than those before it.  ``last`` is when the last step (or
+    wait) ended, which is when the step running now began; ``step`` is the
+    code of that step, -1 when none runs (read from other threads through
+    :meth:`running`).
     """
 
     # Slots: attribute access on the hot path is then a fixed offset
     # (CPython stops sharing the keys of an instance dict this large).
     __slots__ = (
-        "__weakref__", "_codes", "_dead_tasks", "_hot", "_loop", "_name_index", "_next_task",
-        "_task_numbers", "_task_refs", "_watchdog", "buf", "capacity", "clock", "dump_dir",
-        "end", "i", "max_events", "names", "pid", "ring", "running",
-        "seconds", "stall_after", "started", "step_code", "task_labels", "task_mode",
-        "wait_start", "wrapped",
+        "__weakref__", "_dead_tasks", "_loop", "_names_get", "_next_task", "_task_numbers",
+        "_task_refs", "_watchdog", "buf", "capacity", "clock", "dump_dir", "end", "i", "last",
+        "max_events", "name_table", "pid", "ring", "seconds", "stall_after", "stall_count",
+        "stalls", "started", "step", "task_labels", "task_mode", "wrapped",
     )  # fmt: skip
 
     def __init__(
@@ -233,16 +289,10 @@ class FlightRecorder:
         self.pid = os.getpid()
         self.started = self.clock()  # nothing is older: a dump begins here at the earliest
         self.task_mode: str | None = getattr(loop, "task_mode", None)
-        # Where the next wait begins (the end of the last step).
-        self.wait_start = self.started
-        self.running = -1.0
-        self.step_code = 0
-        # Names: key (the id of a code object, a type, a builtin's name) ->
-        # index in ``names`` shifted into place, or -1 for a task's step or
-        # wake-up (named by its task).
-        self.names: list[str] = ["<other>"]
-        self._name_index: dict[Any, int] = {}
-        self._codes: list[Any] = []  # the code objects whose ids are keys
+        self.last = self.started  # where the next step (or wait) begins
+        self.step = -1
+        self.name_table = NAMES
+        self._names_get = NAMES.index.get
         # Tasks: id(task) -> number while the task lives (a weak reference
         # with a callback forgets it); number -> label, kept until the task
         # has been dead longer than the window (see _forget_old_tasks).
@@ -251,19 +301,21 @@ class FlightRecorder:
         self.task_labels: dict[int, str] = {}
         self._dead_tasks: deque[tuple[float, int]] = deque()
         self._next_task = 1
-        # Dump on stall (None: off).
-        self.stall_after = math.inf
+        # Stalls: how many since the recorder started, and the newest few
+        # (start, end, code); each one dumped when dump_on_stall is set.
+        self.stall_after = STALL_AFTER
+        self.stall_count = 0
+        self.stalls: deque[tuple[float, float, int]] = deque(maxlen=STALLS_KEPT)
         self.dump_dir = Path(dump_dir) if dump_dir is not None else Path.cwd()
         self._watchdog: _Watchdog | None = None
         if dump_on_stall is not None:
             self.stall_after = _positive("dump_on_stall", dump_on_stall)
             self._watchdog = _Watchdog(self, loop)
-        # What run_ready needs each iteration, in one tuple: one load, not six.
-        _, readable, writable = loop._readiness
-        self._hot = (
-            self.clock, self._name_index.get, self._task_numbers.get, self.stall_after,
-            readable, writable,
-        )  # fmt: skip
+
+    @property
+    def names(self) -> list[str]:
+        """The step names, by index (the process's, shared by its recorders)."""
+        return self.name_table.names
 
     # ------------------------------------------------------------------
     # Writing (the loop's thread)
@@ -296,7 +348,7 @@ class FlightRecorder:
         return 0
 
     def add(self, code: int, t: float) -> None:
-        """Write one slot (the slow path; run_ready writes its own inline)."""
+        """Write one slot (for what happens once per task; the steps write their own)."""
         i = self.i
         if i >= self.end:
             i = self.wrap()
@@ -305,150 +357,99 @@ class FlightRecorder:
         ring[i + 1] = t
         self.i = i + SLOT
 
-    def run_ready(
-        self,
-        loop: LoopContract,
-        hooks: Any,
-        polled: list[tuple[int, int]],
-        timeout: float | None,
-        io_from: int,
-    ) -> None:
-        """Step 4 of ``_run_once``, recorded: run exactly the callbacks that are ready now.
+    # The three calls of _run_once's step 4, in the order it makes them.
+    # Two clock reads are saved per iteration: the wait is taken to begin
+    # where the last iteration's last step ended (step 1, and between two
+    # runs of the loop the time it was not running, count as waiting), and
+    # to end when step 4 begins (after step 2 queued the ready descriptors'
+    # handles and step 3 the due timers).  A step begins where the one
+    # before it (or the wait) ended: one clock read per step.
 
-        The same loop as the unrecorded one in ``Loop._run_once`` (keep the
-        two alike), with the iteration's wait and each callback's end time,
-        name and task or descriptor written into the ring.  ``io_from`` is
-        the length of the ready queue before step 2 queued the handles of
-        the descriptors in ``polled``; step 2's rule is
-        replayed here to know which handle is whose.  Two clock reads are
-        saved per iteration: the wait is taken to begin where the last
-        iteration's last step ended (steps 1 and, between two runs of the
-        loop, the time it was not running count as waiting) and to end here
-        (after step 2 queued its handles and step 3 its timers).
-        """
-        clock, names_get, tasks_get, stall_after, readable, writable = self._hot
-        t_prev = clock()
-        ready = loop._ready
-        # The wait: two slots, written at once.
+    def waited(self, timeout: float | None) -> None:
+        """Step 4 begins: write the iteration's wait, two slots (K_WAIT, start), (timeout, end)."""
+        t = self.clock()
         i = self.i
         if i > self.end - 2 * SLOT:
             i = self.wrap()
         ring = self.ring
         ring[i] = K_WAIT
-        ring[i + 1] = self.wait_start
+        ring[i + 1] = self.last
         ring[i + 2] = -1.0 if timeout is None else timeout
-        ring[i + 3] = t_prev
+        ring[i + 3] = t
         self.i = i + 2 * SLOT
-        # Each I/O handle's number: its descriptor times 4, plus 1 for read, 2 for write.
-        io_numbers = []
-        if polled:
-            watches = loop._watches
-            for fd, events in polled:
-                watch = watches[fd]
-                if events & readable and watch.reader is not None:
-                    io_numbers.append(fd << _FD_SHIFT | _IO_READ)
-                if events & writable and watch.writer is not None:
-                    io_numbers.append(fd << _FD_SHIFT | _IO_WRITE)
-        io_end = io_from + len(io_numbers)
-        popleft = ready.popleft
-        observed = loop._debug or (hooks is not None and hooks.watches_callbacks)
-        try:
-            for k in range(len(ready)):
-                handle = popleft()
-                if handle._cancelled:
-                    continue
-                callback: Any = handle._callback  # (live: a cancelled handle was skipped)
-                # The key of its name: cheap to find, and never the callback
-                # itself (that would keep a closure, and what it holds,
-                # alive): the id of its code, which _intern keeps alive.
-                kind = type(callback)
-                key: Any
-                if kind is _METHOD:
-                    key = id(callback.__func__.__code__)
-                elif kind is _FUNCTION:
-                    key = id(callback.__code__)
-                elif kind is _BUILTIN:
-                    key = callback.__name__
-                elif kind is _PARTIAL:
-                    key = _partial_key(callback)
-                else:
-                    key = kind
-                code = names_get(key)
-                if code is None:
-                    code = self._intern(key, callback)
-                task = None
-                if code < 0:
-                    task = callback.__self__
-                    number = tasks_get(id(task)) or self._first_sight(task, t_prev)
-                    code = number << _NUMBER_SHIFT | K_TASK_STEP
-                elif k < io_from:
-                    pass  # a callback: its code is its name's
-                elif k < io_end:
-                    code |= io_numbers[k - io_from]
-                elif type(handle) is TimerHandle:
-                    late = int((t_prev - handle._when) * 1e6)
-                    code |= (late if 0 < late < _MAX_NUMBER else 0) << _NUMBER_SHIFT | K_TIMER
-                # What the watchdog reads: the step running since t_prev.
-                self.step_code = code
-                self.running = t_prev
-                if observed:
-                    started = loop._callback_starting(handle)
-                try:
-                    # (As in _run_once: cancelled by callback_started, or by a
-                    # __del__ that *args' allocation runs.)
-                    if handle._cancelled:
-                        pass
-                    elif handle._args:
-                        args = handle._args
-                        handle._context.run(callback, *args)
-                    else:
-                        handle._context.run(callback)
-                except (SystemExit, KeyboardInterrupt):
-                    raise
-                except BaseException as exc:
-                    loop._callback_failed(handle, exc)
-                if observed:
-                    loop._callback_finished(handle, started)
-                t = clock()
-                i = self.i
-                if i >= self.end:
-                    i = self.wrap()
-                    ring = self.ring
-                ring[i] = code
-                ring[i + 1] = t
-                self.i = i + SLOT
-                if task is not None and task.done():
-                    self._task_done(task, number)
-                if t - t_prev > stall_after:
-                    self._stalled(code, t_prev, t, task)
-                t_prev = t
-        finally:
-            # Between steps, nothing runs.  (Steps follow each other without
-            # a gap, so once per iteration is enough.)
-            self.running = -1.0
-            self.wait_start = t_prev  # where the next iteration's wait begins
-            # (As in _run_once: a traceback through a callback keeps this
-            # frame, and these would make reference cycles.)
-            handle = callback = args = task = None  # type: ignore[assignment]
+        self.last = t
+        self.step = -1  # (none runs: a KeyboardInterrupt may have left one)
+
+    def starting(self, handle: Handle) -> int:
+        """``handle``'s step begins: its code, which :meth:`finished` writes when it ends.
+
+        The code's name part is found by a key that is cheap to compute and
+        never the callback itself (that would keep a closure, and what it
+        holds, alive): the id of its code object, which :class:`NameTable`
+        keeps alive.  An I/O handle keeps its whole code: it is the same
+        each time its descriptor is ready.
+        """
+        if type(handle) is IOHandle:
+            code = handle._flight_code
+            if not code:
+                code = self._name_code(handle._callback)
+                code = handle._flight_code = max(code, 0) | handle._io << _NUMBER_SHIFT | K_IO
+        else:
+            callback = handle._callback
+            code = self._name_code(callback)
+            if code < 0:  # a task's step, by the task's number
+                task = callback.__self__  # type: ignore[union-attr]
+                number = self._task_numbers.get(id(task)) or self._first_sight(task, self.last)
+                code = number << _NUMBER_SHIFT | K_TASK_STEP
+            elif type(handle) is TimerHandle:  # a timer, and how late it fires (microseconds)
+                late = int((self.last - handle._when) * 1e6)
+                code |= (late if 0 < late < _MAX_NUMBER else 0) << _NUMBER_SHIFT | K_TIMER
+        self.step = code
+        return code
+
+    def _name_code(self, callback: Any) -> int:
+        kind = type(callback)
+        key: Any
+        if kind is _METHOD:
+            key = id(callback.__func__.__code__)
+        elif kind is _FUNCTION:
+            key = id(callback.__code__)
+        elif kind is _BUILTIN:
+            key = callback.__name__
+        elif kind is _PARTIAL:
+            key = _partial_key(callback)
+        else:
+            key = kind
+        code = self._names_get(key)
+        return code if code is not None else self.name_table.intern(key, callback)
+
+    def finished(self, code: int) -> None:
+        """The step that :meth:`starting` gave ``code`` ended: write it (code, end)."""
+        t = self.clock()
+        i = self.i
+        if i >= self.end:
+            i = self.wrap()
+        ring = self.ring
+        ring[i] = code
+        ring[i + 1] = t
+        self.i = i + SLOT
+        start, self.last, self.step = self.last, t, -1
+        if code & 15 == K_TASK_STEP:
+            self._task_stepped(code >> _NUMBER_SHIFT)
+        if t - start > self.stall_after:
+            self._stalled(code, start, t)
+
+    def running(self) -> tuple[int, float] | None:
+        """``(code, start)`` of the step running now, or None (any thread may ask)."""
+        step, start = self.step, self.last
+        loop = self._loop()
+        if step < 0 or loop is None or loop._thread_id is None:
+            return None  # (a step a KeyboardInterrupt ended never finished: not running)
+        return step, start
 
     # ------------------------------------------------------------------
     # Names and tasks (slow paths: once per function, once per task)
     # ------------------------------------------------------------------
-
-    def _intern(self, key: Any, callback: Any) -> int:
-        """The code of ``callback``'s name (-1 for a task step), remembered under ``key``."""
-        code = getattr(getattr(callback, "__func__", callback), "__code__", None)
-        if callback_task(callback) is not None:
-            self._name_index[key] = -1
-            return -1
-        if len(self.names) >= MAX_NAMES:
-            return 0
-        if code is not None:
-            self._codes.append(code)  # alive, so that its id (the key) is never reused
-        index = len(self.names)
-        self.names.append(callback_name(callback))
-        self._name_index[key] = index << _NAME_SHIFT
-        return index << _NAME_SHIFT
 
     def _number(self, task: Any, kind: int, parent: int, now: float) -> int:
         number = self._next_task
@@ -484,16 +485,20 @@ class FlightRecorder:
         parent_number = self._task_numbers.get(id(parent), 0) if is_task(parent) else 0
         self._number(task, K_TASK_CREATED, parent_number, self.clock())
 
-    def _task_done(self, task: Any, number: int) -> None:
+    def _task(self, number: int) -> Any:
+        """Task ``number`` if it is alive, else None."""
+        ref = self._task_refs.get(number)
+        return ref() if ref is not None else None
+
+    def _task_stepped(self, number: int) -> None:
+        """Task ``number`` took a step: if that was its last, write how it ended."""
+        task = self._task(number)
+        if task is None or not task.done():
+            return
         self.task_labels[number] = task_label(task)  # its last name (TaskGroup names tasks late)
         result, error = outcome(task)
-        name = 0
-        if error is not None:  # named by its type: reprs are too many to keep
-            kind = type(task._exception)
-            name = self._name_index.get(kind, 0)
-            if not name and len(self.names) < MAX_NAMES:
-                name = self._name_index[kind] = len(self.names) << _NAME_SHIFT
-                self.names.append(kind.__qualname__)
+        # (An error is named by its type: reprs are too many to keep.)
+        name = self.name_table.error_code(type(task._exception)) if error is not None else 0
         now = self.clock()
         self.add(K_TASK_DONE | name | (number & _MAX_NUMBER) << _NUMBER_SHIFT, now)
         self.add(K_ARG | _OUTCOMES.index(result) << _NUMBER_SHIFT, now)
@@ -532,8 +537,7 @@ class FlightRecorder:
                 slots = buf[:i]
             if buf is self.buf:
                 break
-        start = self.running
-        running = (self.step_code, start) if start >= 0 else None
+        running = self.running()
         return FlightSnapshot(
             slots=slots,
             names=self.names,
@@ -548,13 +552,15 @@ class FlightRecorder:
             running=running,
         )
 
-    def _stalled(self, code: int, start: float, end: float, task: Any) -> None:
-        """A step held the loop longer than the threshold: dump, unless dumped or limited."""
+    def _stalled(self, code: int, start: float, end: float) -> None:
+        """A step held the loop longer than the threshold: count it, and dump it if asked."""
+        self.stall_count += 1
+        self.stalls.append((start, end, code))
         watchdog = self._watchdog
         if watchdog is None or watchdog.dumped == start or not limiter.allow():
             return
-        self.running = -1.0  # (the step is over; the next one sets it again)
         snap = self.snapshot()
+        task = self._task(code >> _NUMBER_SHIFT) if code & 15 == K_TASK_STEP else None
         if task is not None:  # (its name now: a program may rename a task after creating it)
             self.task_labels[code >> _NUMBER_SHIFT] = task_label(task)
         snap.stall = watchdog.stall_info(code, start, end, unfinished=False)
@@ -881,8 +887,7 @@ def recent_activity(loop: LoopContract, seconds: float = 1.0) -> dict[str, Any] 
     if not whole:  # (the first slot copied is the oldest time known)
         since = slots[1]
         seconds = now - since
-    running_start = flight.running
-    running_code = flight.step_code
+    running = flight.running()
     steps: list[tuple[float, float, int]] = []  # (duration, end, code)
     busy = 0.0
     last = -math.inf  # where the next step begins (see FlightSnapshot.records)
@@ -900,7 +905,8 @@ def recent_activity(loop: LoopContract, seconds: float = 1.0) -> dict[str, Any] 
             last = slots[j + 1]  # the wait's end, in its second slot (skipped)
             j += SLOT
     finished = len(steps)
-    if running_start >= 0:  # a step in progress counts up to now
+    if running is not None:  # a step in progress counts up to now
+        running_code, running_start = running
         busy += now - max(running_start, since)
         steps.append((now - running_start, now, running_code))
     steps.sort(reverse=True)
@@ -908,14 +914,22 @@ def recent_activity(loop: LoopContract, seconds: float = 1.0) -> dict[str, Any] 
     slowest = []
     for duration, end, code in steps[:5]:
         name, _ = _step_name(code, flight.names, labels)
-        slowest.append({"step": name, "ms": duration * 1e3, "ended_s_ago": now - end, "end": end})
+        slowest.append({"step": name, "ms": duration * 1e3, "ended_s_ago": now - end})
+    wall = time.time()
+    stalls = []
+    for start, end, code in list(flight.stalls):
+        name, _ = _step_name(code, flight.names, labels)
+        stalls.append({"step": name, "ms": (end - start) * 1e3, "at": wall - (now - end)})
     return {
         "seconds": seconds,
         "utilisation": min(1.0, busy / seconds),
         "callbacks_per_s": finished / seconds,
         "slowest": slowest,
         "window_s": flight.seconds,
-        "stall_after": flight.stall_after if flight.stall_after < math.inf else None,
+        "stall_threshold": flight.stall_after,
+        "stall_count": flight.stall_count,
+        "stalls": stalls,
+        "dumps": limiter.written if flight._watchdog is not None else None,
     }
 
 
@@ -967,22 +981,23 @@ class _Watchdog:
         flight, loop = self.flight(), self.loop()
         if flight is None or loop is None or loop.is_closed() or flight._watchdog is not self:
             return False
-        start = flight.running
-        if start < 0:
+        running = flight.running()
+        if running is None:
             return True
+        start = running[1]
         took = flight.clock() - start
         if took <= self.threshold:
             return True
         thread_id = loop._thread_id
         frame = sys._current_frames().get(thread_id) if thread_id is not None else None
-        if frame is not None and flight.running == start:
+        if frame is not None and flight.last == start:
             stack = [
                 f"{entry.filename}:{entry.lineno} in {entry.name}"
                 for entry in traceback.extract_stack(frame, limit=40)
             ]
             self.sampled = (start, stack)
         del frame
-        if took > 10 * self.threshold and self.dumped != start and flight.running == start:
+        if took > 10 * self.threshold and self.dumped != start and flight.last == start:
             self.dumped = start
             if limiter.allow():
                 snap = flight.snapshot()

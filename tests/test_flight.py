@@ -10,6 +10,7 @@ lower bounds: a step that sleeps 300 ms holds the loop at least that long.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import functools
 import gc
@@ -643,17 +644,16 @@ def test_a_dump_that_cannot_be_written_is_one_warning(
     assert "could not write the stall dump" in messages[0]
 
 
-def test_the_monitor_can_snapshot_from_its_thread_and_get_the_file_as_bytes(
+def test_another_thread_copies_the_window_for_another_process_to_encode(
     loop: Any, tmp_path: Path
 ) -> None:
-    from loopy.trace.flight import snapshot  # noqa: PLC0415
-
-    assert snapshot(loop) is None  # no recorder
-    loop.start_flight_recorder(10)
-    taken: list[FlightSnapshot | None] = []
+    """What `loopy trace dump` gets: the monitor's thread copies, the client encodes."""
+    flight = loop.start_flight_recorder(10)
+    sent: list[tuple[bytes, list[Any]]] = []
+    holds: list[float] = []
 
     async def main() -> None:
-        thread = threading.Thread(target=lambda: taken.append(snapshot(loop)))
+        thread = threading.Thread(target=lambda: sent.append(flight.wire_snapshot(holds)))
         thread.start()
         while thread.is_alive():
             await asyncio.sleep(0.001)  # the loop runs while the other thread copies
@@ -661,15 +661,18 @@ def test_the_monitor_can_snapshot_from_its_thread_and_get_the_file_as_bytes(
 
     loop.run_until_complete(tick_for(0))
     loop.run_until_complete(main())
-    snap = taken[0]
-    assert snap is not None
-    data = snap.trace_bytes()
-    path = tmp_path / "sent.json"
-    path.write_bytes(data)
-    trace = strict_json_loads(data)
-    check_trace(trace)
-    assert load_trace(path) == trace
+    facts, parts = sent[0]
+    assert holds  # (how long each chunk's copy held the loop)
+    header = json.loads(facts)  # plain JSON: names, labels, facts; the slots follow
+    assert header["slot_bytes"] == sum(len(part) for part in parts) * 8
+    received = array.array("d", b"".join(part.tobytes() for part in parts))
+    snap = FlightSnapshot.from_wire(header, received)
+    trace = dump(snap, tmp_path / "sent.json")
     assert any("ticker" in e["name"] for e in events(trace, "task", "b"))
+    # What a snapshot taken here holds (which has main's last steps too).
+    here = dump(flight.snapshot(), tmp_path / "here.json")
+    names = {e["name"] for e in events(trace, "task-step")}
+    assert names < {e["name"] for e in events(here, "task-step")}
 
 
 # ----------------------------------------------------------------------
@@ -720,8 +723,8 @@ def test_recent_activity_reads_a_wrapped_ring(loop: Any) -> None:
 def test_recent_activity_of_a_very_busy_loop_covers_what_it_copied(
     loop: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(flight_module, "_TAIL_SLOTS", 8 * flight_module.SLOT)
-    monkeypatch.setattr(flight_module, "_TAIL_MAX", 32 * flight_module.SLOT)
+    monkeypatch.setattr(flight_module, "COPY_CHUNK", 8 * flight_module.SLOT)
+    monkeypatch.setattr(flight_module, "_ACTIVITY_MAX", 32 * flight_module.SLOT)
     loop.start_flight_recorder(10)
     run_callbacks(loop, 1000, 0)
     activity = flight_module.recent_activity(loop, 1.0)
@@ -754,3 +757,100 @@ def test_the_recorder_counts_every_stall_and_keeps_the_newest(kind: str) -> None
         }
     finally:
         loop.close()
+
+
+# ----------------------------------------------------------------------
+# copy_recent: a copy taken a chunk at a time while the loop writes
+# ----------------------------------------------------------------------
+
+
+class _Writer:
+    """Stands in for the loop between two chunks of a copy: writes ``per_pause`` slots each time.
+
+    Slot n holds (K_CALLBACK, n): a correct copy is a run of consecutive numbers.
+    """
+
+    def __init__(self, flight: FlightRecorder, per_pause: int) -> None:
+        self.flight, self.per_pause, self.next, self.pauses = flight, per_pause, 0, 0
+
+    def write(self, count: int) -> None:
+        for _ in range(count):
+            self.flight.add(flight_module.K_CALLBACK, float(self.next))
+            self.next += 1
+
+    def sleep(self, seconds: float) -> None:  # (copy_recent's pause: the loop's turn)
+        self.pauses += 1
+        self.write(self.per_pause)
+
+
+def _copy_while_writing(
+    loop: Any, monkeypatch: pytest.MonkeyPatch, *, slots: int, before: int, per_pause: int
+) -> tuple[list[float], _Writer, int]:
+    """A ring of ``slots`` slots given ``before`` slots, copied while ``per_pause`` more come."""
+    flight = FlightRecorder(loop, 1e9, max_bytes=slots * 16)
+    flight.started = -1.0  # (the times are slot numbers, from 0)
+    writer = _Writer(flight, 0)
+    writer.write(before)
+    newest = writer.next - 1
+    writer.per_pause = per_pause
+    monkeypatch.setattr(flight_module, "COPY_CHUNK", 8 * flight_module.SLOT)
+    monkeypatch.setattr(flight_module.time, "sleep", writer.sleep)
+    parts, _ = flight_module.copy_recent(flight, -1.0)
+    times = [t for part in parts for t in part[1::2]]
+    return times, writer, newest
+
+
+def test_a_copy_while_the_loop_writes_drops_what_was_overwritten(
+    loop: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 64 slots, wrapped (100 written), 3 more between each chunk of 8.
+    times, writer, newest = _copy_while_writing(
+        loop, monkeypatch, slots=64, before=100, per_pause=3
+    )
+    assert writer.pauses >= 4  # (copied in chunks, the loop writing between them)
+    assert times == [float(n) for n in range(int(times[0]), newest + 1)]  # whole, in order
+    assert times[-1] == newest  # up to the newest slot when the copy began
+    # Nothing older than what the ring still held at the end: 3 slots a pause were lost.
+    assert times[0] >= writer.next - 64
+    assert len(times) >= 64 - 3 * writer.pauses
+
+
+def test_a_copy_that_the_loop_laps_starts_again(loop: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 40 slots between chunks: the ring (64) goes round during the copy.
+    times, writer, _ = _copy_while_writing(loop, monkeypatch, slots=64, before=100, per_pause=40)
+    assert times == [float(n) for n in range(int(times[0]), int(times[-1]) + 1)]
+    assert len(times) == 64  # the third attempt, without pauses: the whole ring
+    assert writer.pauses >= 4
+
+
+def test_a_copy_of_a_ring_that_has_not_wrapped_loses_nothing(
+    loop: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # (The ring may still grow: 1,000 slots of room.)
+    times, writer, newest = _copy_while_writing(
+        loop, monkeypatch, slots=1000, before=100, per_pause=3
+    )
+    assert times == [float(n) for n in range(newest + 1)]
+    assert writer.pauses >= 10
+
+
+def test_a_dump_says_how_long_each_wait_could_last(vloop: Any, tmp_path: Path) -> None:
+    flight = vloop.start_flight_recorder(100)
+    vloop.call_later(0.25, lambda: None)
+    vloop.run_until_complete(asyncio.sleep(0.5))
+    trace = dump(flight.snapshot(), tmp_path / "waits.json")
+    timeouts = [e["args"]["timeout_ms"] for e in events(trace, "wait")]
+    assert timeouts[:3] == [0.0, 250.0, 250.0]  # ready at once; then the timer; then the sleep
+
+
+def test_a_copy_that_begins_with_half_a_wait_reads_the_rest(vloop: Any, tmp_path: Path) -> None:
+    flight = vloop.start_flight_recorder(100)
+    vloop.run_until_complete(tick_for(3))
+    snap = flight.snapshot()
+    whole = events(dump(snap, tmp_path / "whole.json"), "task-step")
+    first_wait = next(j for j in range(0, len(snap.slots), 2) if snap.slots[j] == 4)  # K_WAIT
+    # Begin with that wait's second half (a timeout of 4.x s read as a code was once a K_WAIT).
+    snap.slots = snap.slots[first_wait + 2 :]
+    snap.started = snap.slots[1] - 1e-6
+    cut = events(dump(snap, tmp_path / "cut.json"), "task-step")
+    assert len(cut) == len(whole)

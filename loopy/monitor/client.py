@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import select
 import socket
 import sys
 import time
+from array import array
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from ..trace.fileformat import check_writable, replacing
+from ..trace.fileformat import check_writable
+from ..trace.flight import FlightSnapshot
 from . import paths
 from .server import WAKE_SIGNAL
 
@@ -39,12 +42,12 @@ REFRESH = 1.0
 #: thread starts on the signal (see server.py), and one may come too early.
 NUDGE_EVERY = 0.25
 MAX_ANSWER = 16 * 1024 * 1024  # bytes: a bigger answer is not from a loopy monitor
-#: Seconds a dump's header may take: the target copies its ring, then
-#: encodes it on its monitor thread (about 2 s per million events).
-DUMP_TIMEOUT = 60.0
-#: Seconds without a byte of the dump's trace before giving up on it.
+#: Seconds a dump's header may take: the target copies its ring's window
+#: (a few ms per million events, the loop running between the chunks).
+DUMP_TIMEOUT = 30.0
+#: Seconds without a byte of the dump's recording before giving up on it.
 DUMP_STALL_TIMEOUT = 10.0
-#: A bigger trace is not from a loopy recorder (64 MiB of ring encodes to less).
+#: A bigger part is not from a loopy recorder (its ring is 64 MiB by default).
 MAX_DUMP = 2 * 1024 * 1024 * 1024
 
 NEEDS_RECORDER = "need the flight recorder (start the target with LOOPY_FLIGHT_RECORDER=SECONDS)"
@@ -488,10 +491,11 @@ def _seconds(seconds: float) -> str:
 def dump(pid: int, output: str, *, loop: int | None, out: TextIO) -> int:
     """Fetch process ``pid``'s flight-recorder window and write it to ``output`` (ours, not its).
 
-    The target copies its ring, encodes the trace on its monitor thread
-    and sends one JSON line saying how many bytes follow, then the trace
-    file itself.  This process writes ``output`` (relative to its own
-    working directory): the target is never given a path.  The file
+    The target copies its ring's window and sends one JSON line saying how
+    many bytes follow, then the recording itself (numbers, names: see
+    ``FlightRecorder.wire_snapshot``).  This process turns it into a trace
+    and writes ``output`` (relative to its own working directory): the
+    target is never given a path, nor the work of encoding.  The file
     appears only once complete (written beside it, then renamed).
     """
     try:
@@ -506,7 +510,7 @@ def dump(pid: int, output: str, *, loop: int | None, out: TextIO) -> int:
         return 1
     try:
         # First a quick question, so that the thread is known to run: the
-        # target is then not sent WAKE_SIGNAL every NUDGE_EVERY while it encodes.
+        # target is then not sent WAKE_SIGNAL every NUDGE_EVERY while it copies.
         hello = connection.request({"op": "hello"})
         if hello is None:
             print(f"loopy: process {pid} {_silent(ANSWER_TIMEOUT)}", file=sys.stderr)
@@ -522,21 +526,35 @@ def dump(pid: int, output: str, *, loop: int | None, out: TextIO) -> int:
         if "error" in header:
             print(f"loopy: process {pid}: {header['error']}", file=sys.stderr)
             return 1
-        size = header.get("bytes")
-        if not isinstance(size, int) or not 0 < size <= MAX_DUMP:
-            print(f"loopy: process {pid}: a dump of {size!r} bytes: not sent", file=sys.stderr)
+        size, slot_bytes = header.get("facts"), header.get("slots")
+        if not (
+            isinstance(size, int) and 0 < size <= MAX_DUMP
+            and isinstance(slot_bytes, int) and 0 <= slot_bytes <= MAX_DUMP
+            and slot_bytes % 16 == 0
+        ):  # fmt: skip
+            print(
+                f"loopy: process {pid}: a dump of {size!r} + {slot_bytes!r} bytes: not sent",
+                file=sys.stderr,
+            )
             return 1
-        with replacing(output) as file:
-            connection.receive_bytes(size, file, DUMP_STALL_TIMEOUT)
+        facts, received, slots = io.BytesIO(), io.BytesIO(), array("d")
+        connection.receive_bytes(size, facts, DUMP_STALL_TIMEOUT)
+        connection.receive_bytes(slot_bytes, received, DUMP_STALL_TIMEOUT)
+        slots.frombytes(received.getbuffer())
+        del received
     except Gone:
         print(f"loopy: process {pid} hung up before its dump was complete", file=sys.stderr)
         return 1
     finally:
         connection.close()
+    began = time.perf_counter()
+    snap = FlightSnapshot.from_wire(json.loads(facts.getvalue()), slots)
+    snap.write(output)
     out.write(
-        f"wrote {output}: {header['span_s']:.2f} s of loop #{header['loop']}"
-        f" (window {header['window_s']:g} s), {header['events']} events, {size} bytes;"
-        f" the loop was held {header['copy_ms']:.2f} ms for the copy,"
-        f" encoded in {header['encode_s']:.2f} s off its thread\n"
+        f"wrote {output}: {snap.now - snap.start:.2f} s of loop #{header['loop']}"
+        f" (window {snap.seconds:g} s), {len(slots) // 2} events,"
+        f" {os.path.getsize(output)} bytes; the loop was held {header['held_ms']:.2f} ms at most"
+        f" ({header['chunks']} chunks copied in {header['copy_ms']:.2f} ms),"
+        f" encoded here in {time.perf_counter() - began:.2f} s\n"
     )
     return 0

@@ -31,15 +31,15 @@ callback is holding the loop, and the first sample that saw the counter at
 its current value tells since when (at least).
 
 Requests and answers are single JSON lines, but for a dump (``"op":
-"dump"``, for ``loopy trace dump``): its line says how many bytes of trace
-file follow it.  The thread copies the loop's flight recorder (the loop is
-held for that copy only: measured 0.02 ms for 600 events, 35 to 115 ms for
-a full 64 MiB ring of four million), encodes the trace itself (meanwhile the loop
-runs, sharing the GIL; about 20 s for four million events here, 250 MB of
-JSON) and sends it (within :data:`DUMP_SEND_TIMEOUT`); other clients
-wait.  The client writes the file: this process never writes a path it
-was sent.  With a recorder, each ``top`` frame also reads the ring's
-newest part (see ``trace.flight.recent_activity``).
+"dump"``, for ``loopy trace dump``): its line says how many bytes of
+recording follow it.  The thread copies the window of the loop's flight
+recorder a chunk at a time (the loop runs between two chunks and is held
+for one chunk's copy only: ``trace.flight.copy_recent``) and sends it as
+it is, numbers and names (within :data:`DUMP_SEND_TIMEOUT`; other clients
+wait).  The client turns it into a trace file and writes it: this process
+neither spends its time encoding nor writes a path it was sent.  With a
+recorder, each ``top`` frame also reads the ring's newest part (see
+``trace.flight.recent_activity``).
 
 The thread protects the target from its clients:
 
@@ -401,18 +401,19 @@ class MonitorServer:
         return True
 
     @staticmethod
-    def _send_dump(sock: socket.socket, header: dict[str, Any], payload: bytes) -> bool:
-        """Send a dump: its header line (which says ``bytes``), then the trace file's bytes.
+    def _send_dump(sock: socket.socket, header: dict[str, Any], payload: list[Any]) -> bool:
+        """Send a dump: its header line (which says how many bytes follow), then the bytes.
 
-        A length prefix rather than a line: the trace is JSON with newlines
-        in it, and may be tens of MB.  All of it within
-        :data:`DUMP_SEND_TIMEOUT` (a client that stops reading is dropped).
+        A length prefix rather than a line: the recording is binary, and may
+        be tens of MB.  All of it within :data:`DUMP_SEND_TIMEOUT` (a client
+        that stops reading is dropped).
         """
         data = json.dumps(header, separators=(",", ":"), default=str).encode() + b"\n"
         try:
             sock.settimeout(DUMP_SEND_TIMEOUT)
             sock.sendall(data)
-            sock.sendall(payload)
+            for piece in payload:
+                sock.sendall(piece)
             sock.setblocking(False)
         except OSError:
             return False
@@ -491,12 +492,15 @@ class MonitorServer:
         return answer
 
     def _dump(self, index: int | None) -> dict[str, Any]:
-        """The recorder's window of loop ``index`` (the first if None) as a trace file.
+        """The recorder's window of loop ``index`` (the first if None), for the client to encode.
 
-        The answer's ``payload`` holds the file's bytes (sent after the
-        header, see :meth:`_send_dump`); ``copy_ms`` is how long the ring's
-        copy took, the only time the loop is held (one C call under the
-        GIL).  The encoding runs here, on this thread, while the loop runs.
+        The answer's ``payload`` (sent after the header, see
+        :meth:`_send_dump`) is the recording as
+        :meth:`~loopy.trace.flight.FlightRecorder.wire_snapshot` gives it: a
+        JSON part of ``facts`` bytes, then ``slots`` bytes of slots.  The
+        loop is held only while a chunk of the ring is copied: ``held_ms``
+        is the longest such moment, ``copy_ms`` the whole copy's time
+        (the loop ran between the chunks).  No trace is encoded here.
         """
         live = self._live()
         if not live:
@@ -506,25 +510,24 @@ class MonitorServer:
             indexes = ", ".join(str(w.index) for w, _ in live)
             return {"error": f"no loop #{index} (loops: {indexes})"}
         watched, loop = chosen[0]
-        began = time.perf_counter()
-        snap = flight.snapshot(loop)
-        copy = time.perf_counter() - began
-        if snap is None:
+        recorder = loop.flight_recorder
+        if recorder is None:
             return {
                 "error": f"loop #{watched.index} has no flight recorder "
                 "(start the program with LOOPY_FLIGHT_RECORDER=SECONDS)",
                 "no_recorder": True,
             }
-        payload = snap.trace_bytes()
+        holds: list[float] = []
+        began = time.perf_counter()
+        facts, slots = recorder.wire_snapshot(holds)
         return {
             "loop": watched.index,
-            "bytes": len(payload),
-            "events": len(snap.slots) // flight.SLOT,
-            "span_s": snap.now - snap.start,
-            "window_s": snap.seconds,
-            "copy_ms": copy * 1e3,
-            "encode_s": time.perf_counter() - began - copy,
-            "payload": payload,
+            "facts": len(facts),
+            "slots": sum(len(part) for part in slots) * 8,
+            "copy_ms": (time.perf_counter() - began) * 1e3,
+            "held_ms": max(holds, default=0.0) * 1e3,
+            "chunks": len(holds),
+            "payload": [facts, *slots],
         }
 
     def _detail(self, watched: _Watched, loop: Loop) -> dict[str, Any]:

@@ -60,12 +60,12 @@ from __future__ import annotations
 
 import datetime
 import functools
+import json
 import logging
 import math
 import os
 import queue
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -95,9 +95,10 @@ __all__ = [
     "DumpLimiter",
     "FlightRecorder",
     "FlightSnapshot",
+    "NameTable",
+    "copy_recent",
     "flight_from_environment",
     "recent_activity",
-    "snapshot",
 ]
 
 logger = logging.getLogger("loopy")
@@ -126,9 +127,12 @@ _MAX_NUMBER = (1 << 33) - 1
 # Kinds: the low four bits of a slot's code.  The first four are steps.
 K_CALLBACK, K_TASK_STEP, K_IO, K_TIMER = 0, 1, 2, 3
 # An iteration begins with its wait: two slots, (K_WAIT, start) and
-# (timeout or -1.0 for none, end).  It ends with the last step before the
-# next wait.
-K_WAIT = 4
+# (K_WAITED, end) whose number is the timeout in microseconds plus one (0:
+# none; at most _MAX_TIMEOUT).  It ends with the last step before the next
+# wait.  (Every slot says what it is: a copy that begins with a wait's
+# second half is read correctly.)
+K_WAIT, K_WAITED = 4, 5
+_MAX_TIMEOUT = (_MAX_NUMBER - 1) / 1e6  # 2.4 hours
 K_TASK_CREATED, K_TASK_SEEN, K_TASK_DONE = 7, 8, 9  # number: the task's
 # More about the event before: a parent task's number, an outcome...
 K_ARG = 10
@@ -259,9 +263,9 @@ class FlightRecorder:
     # (CPython stops sharing the keys of an instance dict this large).
     __slots__ = (
         "__weakref__", "_dead_tasks", "_loop", "_names_get", "_next_task", "_task_numbers",
-        "_task_refs", "_watchdog", "buf", "capacity", "clock", "dump_dir", "end", "i", "last",
-        "max_events", "name_table", "pid", "ring", "seconds", "stall_after", "stall_count",
-        "stalls", "started", "step", "task_labels", "task_mode", "wrapped",
+        "_task_refs", "_watchdog", "buf", "capacity", "clock", "dump_dir", "end", "i", "laps",
+        "last", "max_events", "name_table", "pid", "ring", "seconds", "stall_after",
+        "stall_count", "stalls", "started", "step", "task_labels", "task_mode", "wrapped",
     )  # fmt: skip
 
     def __init__(
@@ -284,6 +288,7 @@ class FlightRecorder:
         self.end = self.capacity * SLOT
         self.i = 0
         self.wrapped = False
+        self.laps = 0  # times i went back to 0 or the ring grew (copies check it: _copy_recent)
         self._loop = weakref.ref(loop)
         self.clock: Callable[[], float] = loop._clock
         self.pid = os.getpid()
@@ -327,6 +332,7 @@ class FlightRecorder:
         Slots left unwritten at the end (a two-slot write did not fit) are
         marked as padding.
         """
+        self.laps += 1  # (first: a copy running meanwhile must know the slots are changing)
         for pad in range(self.i, self.end, SLOT):
             self.ring[pad] = K_PAD
         buf, capacity = self.buf, self.capacity
@@ -366,7 +372,7 @@ class FlightRecorder:
     # before it (or the wait) ended: one clock read per step.
 
     def waited(self, timeout: float | None) -> None:
-        """Step 4 begins: write the iteration's wait, two slots (K_WAIT, start), (timeout, end)."""
+        """Step 4 begins: write the iteration's wait, two slots (K_WAIT, start), (K_WAITED, end)."""
         t = self.clock()
         i = self.i
         if i > self.end - 2 * SLOT:
@@ -374,7 +380,11 @@ class FlightRecorder:
         ring = self.ring
         ring[i] = K_WAIT
         ring[i + 1] = self.last
-        ring[i + 2] = -1.0 if timeout is None else timeout
+        if timeout is None:
+            ring[i + 2] = K_WAITED
+        else:
+            waited = int((timeout if timeout < _MAX_TIMEOUT else _MAX_TIMEOUT) * 1e6) + 1
+            ring[i + 2] = waited << _NUMBER_SHIFT | K_WAITED
         ring[i + 3] = t
         self.i = i + 2 * SLOT
         self.last = t
@@ -515,42 +525,53 @@ class FlightRecorder:
     # ------------------------------------------------------------------
 
     def snapshot(self) -> FlightSnapshot:
-        """A copy of the recording, quick enough to take on the loop's thread.
+        """A copy of the recording's window: :meth:`FlightSnapshot.write` makes it a trace.
 
-        Copies the used slots of the ring, in order (one ``memcpy`` or
-        two); the names and task labels are shared, not copied (the loop
-        only ever adds to ``names``; a task label it drops meanwhile is
-        that of a task dead for longer than the window).  Everything else
-        happens in :meth:`FlightSnapshot.write`, on any thread.
-
-        Any thread may call it (the monitor's does): each copy is one C call
-        under the GIL, and a copy that raced with the ring being replaced
-        (it grows) is taken again.  Measured here: 2.6 ms for 500,000
-        events (7.6 MiB), 35-45 ms for a full 64 MiB ring.
+        The names and task labels are shared, not copied (the table of names
+        only grows; a task label the recorder drops meanwhile is that of a
+        task dead for longer than the window).  Any thread may call it.
         """
-        for _ in range(3):
-            i, buf, wrapped = self.i, self.buf, self.wrapped
-            if wrapped:
-                slots = buf[i:]
-                slots.frombytes(memoryview(buf)[:i].cast("B"))
-            else:
-                slots = buf[:i]
-            if buf is self.buf:
-                break
-        running = self.running()
-        return FlightSnapshot(
-            slots=slots,
-            names=self.names,
-            task_labels=_Labels(self.task_labels, self._task_refs),
-            now=self.clock(),
-            wall=time.time(),
-            seconds=self.seconds,
-            started=self.started,
-            full=wrapped,
-            pid=self.pid,
-            task_mode=self.task_mode,
-            running=running,
-        )
+        parts, facts = self.copy_window()
+        slots = array("d")
+        for part in parts:
+            slots.extend(part)
+        labels = _Labels(self.task_labels, self._task_refs)
+        return FlightSnapshot(slots=slots, names=self.names, task_labels=labels, **facts)
+
+    def copy_window(self, holds: list[float] | None = None) -> tuple[list[Any], dict[str, Any]]:
+        """The ring's slots back to the window's start, and the facts a snapshot needs.
+
+        The slots as :func:`copy_recent` gives them (a few arrays, oldest
+        first; ``holds`` gets how long each copy held the loop); the facts
+        are the keyword arguments of :class:`FlightSnapshot` but its slots,
+        names and task labels.
+        """
+        parts, _ = copy_recent(self, self.clock() - self.seconds, holds=holds)
+        return parts, {
+            "now": self.clock(),
+            "wall": time.time(),
+            "seconds": self.seconds,
+            "started": self.started,
+            "full": self.wrapped,
+            "pid": self.pid,
+            "task_mode": self.task_mode,
+            "running": self.running(),
+        }
+
+    def wire_snapshot(self, holds: list[float] | None = None) -> tuple[bytes, list[Any]]:
+        """The window for another process: a JSON header, then the slots' bytes (native order).
+
+        What ``loopy trace dump`` receives, and turns into a trace itself
+        (:meth:`FlightSnapshot.from_wire`): the target only copies, and
+        names the tasks of the window (their labels now, or as kept).
+        """
+        parts, facts = self.copy_window(holds)
+        labels = _Labels(self.task_labels, self._task_refs)
+        numbers = set(self.task_labels) | set(self._task_refs)
+        facts["names"] = list(self.names)
+        facts["task_labels"] = {number: labels.get(number) for number in numbers}
+        facts["slot_bytes"] = sum(len(part) for part in parts) * 8
+        return json.dumps(facts, separators=(",", ":")).encode(), parts
 
     def _stalled(self, code: int, start: float, end: float) -> None:
         """A step held the loop longer than the threshold: count it, and dump it if asked."""
@@ -703,18 +724,19 @@ class FlightSnapshot:
                 if kind == K_IO and wait is not None:
                     way = number & 3
                     wait[-1].append((number >> 2, "read" if way == 1 else "write"))
-            elif kind == K_WAIT:
+            elif kind == K_WAIT and j < end and int(slots[j]) & 15 == K_WAITED:
                 if wait is not None:
                     iterations += 1
                     group.append(self._iteration(iterations, wait, last - begin, steps))
                 yield from _finish_group(group)
                 group, wait, steps = [], None, 0
-                timeout, last = slots[j], slots[j + 1]
+                waited, last = int(slots[j]) >> _NUMBER_SHIFT, slots[j + 1]
                 j += SLOT
                 if t < begin:
                     continue
+                timeout = (waited - 1) / 1e6 if waited else None
                 wait = ["wait", t - begin, last - t, "wait",
-                        "timeout", None if timeout < 0 else timeout, "ready", []]  # fmt: skip
+                        "timeout", timeout, "ready", []]  # fmt: skip
                 group.append(wait)
             elif kind in (K_TASK_CREATED, K_TASK_SEEN, K_TASK_DONE):
                 if t < begin:
@@ -729,6 +751,8 @@ class FlightSnapshot:
                     previous = ["task-created", t - begin, None, label, "task", number,
                                 "parent", None, "first_sight", kind == K_TASK_SEEN]  # fmt: skip
                 group.append(previous)
+            elif kind == K_WAITED:  # a wait's second half, its first not copied:
+                last = t  # the step after it begins at the wait's end
             # (K_PAD: nothing.)
         if self.running is not None:  # a step in progress: it and its iteration end now
             last, steps = self.now, steps + 1
@@ -808,64 +832,106 @@ class FlightSnapshot:
         """Write the snapshot as a trace file (the format of ``--trace``); return the path."""
         return write_trace(self.recorder(), path, extra=self.other_data())
 
-    def trace_bytes(self) -> bytes:
-        """The trace file :meth:`write` would write, as bytes (for a client to save).
+    @classmethod
+    def from_wire(cls, header: dict[str, Any], slots: Any) -> FlightSnapshot:
+        """The snapshot :meth:`FlightRecorder.wire_snapshot` sent: its header, and its slots.
 
-        ``loopy trace dump PID`` sends these over its connection: the target
-        never writes a path taken from a request.
+        ``slots`` is an ``array("d")`` of the bytes that followed the header.
         """
-        with tempfile.TemporaryDirectory(prefix="loopy-dump-") as scratch:
-            return self.write(Path(scratch) / "dump.json").read_bytes()
+        running = header["running"]
+        labels = {int(number): label for number, label in header["task_labels"].items()}
+        return cls(
+            slots=slots,
+            names=header["names"],
+            task_labels=_Labels(labels, {}),
+            now=header["now"],
+            wall=header["wall"],
+            seconds=header["seconds"],
+            started=header["started"],
+            full=header["full"],
+            pid=header["pid"],
+            task_mode=header["task_mode"],
+            running=(running[0], running[1]) if running else None,
+        )
 
 
-def snapshot(loop: LoopContract) -> FlightSnapshot | None:
-    """A copy of ``loop``'s flight recording, or None if it has no recorder (any thread).
+#: Numbers (half as many slots) :func:`copy_recent` copies in one C call,
+#: the loop held meanwhile: 1 MiB, measured here 0.05-0.1 ms.
+COPY_CHUNK = 65536 * SLOT
+#: At most this many numbers are read for ``top``'s figures.
+_ACTIVITY_MAX = 65536 * SLOT
 
-    What the monitor calls for ``loopy trace dump``: this copies (see
-    :meth:`FlightRecorder.snapshot`); :meth:`FlightSnapshot.trace_bytes`
-    then encodes, off the loop's thread.
+
+def copy_recent(
+    flight: FlightRecorder,
+    since: float,
+    most: int | None = None,
+    holds: list[float] | None = None,
+) -> tuple[list[Any], bool]:
+    """The ring's newest slots, back to the first older than ``since``; oldest first.
+
+    Returns the copy as a list of arrays (in order: join them, or send them
+    one after the other) and whether it reaches back past ``since`` or holds
+    all the ring has (False: ``most`` numbers stopped it first).  ``holds``,
+    if given, gets the seconds each chunk's copy took (the loop held).
+
+    Any thread may call it, while the loop keeps writing: it copies
+    :data:`COPY_CHUNK` numbers at a time, newest first, and offers the GIL
+    to the loop between two (``time.sleep(0)``), so the loop is held one
+    chunk's copy at a time, not the whole ring's (a full 64 MiB ring took 35
+    to 115 ms in one piece).  Meanwhile the loop writes at ``i`` and on:
+    over the *oldest* slots, which this copies last.  So the copy reads
+    ``i`` when it begins and again when it ends, and drops what it took
+    from the slots written in between (and the two being written now).
+    If the ring was replaced (it grew) or went round to 0 meanwhile, the
+    copy starts again; from the third time on, without pauses.
     """
-    flight = getattr(loop, "_flight", None)
-    return flight.snapshot() if flight is not None else None
-
-
-#: Slots :func:`recent_activity` copies first; four times more per retry,
-#: up to :data:`_TAIL_MAX` (1 MiB; measured: 0.02 ms for the copies, the
-#: loop held, then 16 ms of reading on the monitor's thread).
-_TAIL_SLOTS = 4096 * SLOT
-_TAIL_MAX = 65536 * SLOT
-
-
-def _tail(flight: FlightRecorder, since: float) -> tuple[Any, bool]:
-    """The ring's newest slots, back to one older than ``since``, oldest first; and if all.
-
-    All: the slots reach back past ``since``, or are all the ring holds.
-    Not all: a loop running more than 65,536 steps in the interval (the
-    copy stops at :data:`_TAIL_MAX`).
-
-    For ``loopy top`` each second: not the whole ring (up to 64 MiB, 35 to
-    115 ms of the loop held), a few thousand slots, each copy one C call
-    under the GIL (0.02 ms for 65,536 events).  The first slot copied
-    may be the second half of a wait; the reader drops the first step
-    anyway (its start is unknown).
-    """
-    want = _TAIL_SLOTS
+    loop = flight._loop()
+    writer = loop._thread_id if loop is not None else None
+    # Slots the loop may be writing as this reads (another thread's copy only).
+    margin = 2 * SLOT if writer not in (None, threading.get_ident()) else 0
+    attempt = -1
     while True:
-        i, buf, wrapped = flight.i, flight.buf, flight.wrapped
-        held = len(buf) if wrapped else i
-        take = min(want, held)
-        if take <= i:
-            slots = buf[i - take : i]
-        else:  # (wrapped: the end of the array, then its start)
-            slots = buf[len(buf) - (take - i) :]
-            slots.frombytes(memoryview(buf)[:i].cast("B"))
-        if buf is not flight.buf:
-            continue  # the ring grew meanwhile: copy from the new one
-        if take >= held or slots[1] < since:
-            return slots, True
-        if want >= _TAIL_MAX:
-            return slots, False
-        want *= 4
+        attempt += 1
+        laps = flight.laps
+        buf, i, wrapped = flight.buf, flight.i, flight.wrapped
+        if flight.laps != laps:
+            continue  # (the loop wrapped between two of the reads above)
+        size = len(buf)
+        held = size if wrapped else i
+        want = held if most is None else min(held, most)
+        newest_first: list[Any] = []
+        taken, position, reached = 0, i, False
+        while taken < want:
+            if position == 0:
+                position = size  # (wrapped: on from the end of the array)
+            n = min(COPY_CHUNK if attempt < 2 else want, want - taken, position)
+            began = time.perf_counter()
+            part = buf[position - n : position]
+            if holds is not None:
+                holds.append(time.perf_counter() - began)
+            newest_first.append(part)
+            taken += n
+            position -= n
+            if part[1] < since:
+                reached = True
+                break
+            if attempt < 2:
+                time.sleep(0)  # (the loop's turn)
+        if flight.buf is not buf or flight.laps != laps:
+            continue
+        # Taken past the end of the array, back down to `position`: the
+        # slots from `i` to where the loop writes now (and the next two,
+        # perhaps half written) were changed while this copied.
+        overwritten = min(flight.i + margin, size) - position if taken > i else 0
+        if overwritten > 0:
+            while newest_first and len(newest_first[-1]) <= overwritten:
+                overwritten -= len(newest_first.pop())
+            if newest_first:
+                newest_first[-1] = newest_first[-1][overwritten:]
+            reached = bool(newest_first) and newest_first[-1][1] < since
+            taken = 0  # (not all the ring holds, any more)
+        return newest_first[::-1], reached or taken >= held
 
 
 def recent_activity(loop: LoopContract, seconds: float = 1.0) -> dict[str, Any] | None:
@@ -873,17 +939,21 @@ def recent_activity(loop: LoopContract, seconds: float = 1.0) -> dict[str, Any] 
 
     The busy share (steps' time over ``seconds``, the step running now
     included), callbacks per second, and the slowest steps.  A loop too
-    busy for :func:`_tail`'s bound is measured over the shorter span the
-    copy covers (``seconds`` in the answer says which).  Called by the
-    monitor's thread: the loop is held only for :func:`_tail`'s copy; the
-    reading and naming happen here, on the caller's thread.
+    busy for :data:`_ACTIVITY_MAX` numbers a second is measured over the
+    shorter span they cover (``seconds`` in the answer says which).  Called
+    by the monitor's thread: the loop is held only for :func:`copy_recent`'s
+    copy (0.02 ms for 65,536 events); the reading and naming happen here,
+    on the caller's thread.
     """
     flight: FlightRecorder | None = getattr(loop, "_flight", None)
     if flight is None:
         return None
     now = flight.clock()
     since = now - seconds
-    slots, whole = _tail(flight, since)
+    parts, whole = copy_recent(flight, since, _ACTIVITY_MAX)
+    slots = array("d")
+    for part in parts:
+        slots.extend(part)
     if not whole:  # (the first slot copied is the oldest time known)
         since = slots[1]
         seconds = now - since
@@ -901,9 +971,8 @@ def recent_activity(loop: LoopContract, seconds: float = 1.0) -> dict[str, Any] 
             if t > since and start > -math.inf:
                 busy += t - max(start, since)
                 steps.append((t - start, t, code))
-        elif kind == K_WAIT and j < size:
-            last = slots[j + 1]  # the wait's end, in its second slot (skipped)
-            j += SLOT
+        elif kind == K_WAITED:  # (a wait's second half)
+            last = t  # the wait ended: the next step begins here
     finished = len(steps)
     if running is not None:  # a step in progress counts up to now
         running_code, running_start = running

@@ -26,8 +26,7 @@ The private names, and why each is shared:
 * ``_debug``, ``_hooks``, ``_waker`` and ``_check_closed`` are what handles,
   signals and threads read on their hot paths, where the public
   ``get_debug()`` or ``instruments`` would cost a call.
-* ``_clock``, ``_readiness`` and the three ``_callback_*`` methods are what
-  the flight recorder's copy of step 4 (``FlightRecorder.run_ready``) runs;
+* ``_clock`` is the flight recorder's clock (it times each step);
   ``_thread_id`` and ``_iterations`` are what the monitor and the stall
   watchdog read from their own threads (an int each: a read is atomic).
 """
@@ -45,7 +44,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from _typeshed import FileDescriptorLike
 
-    from .epoll import Readiness
     from .handles import Handle, TimerHandle
     from .instruments import Hooks
     from .loop import Watch
@@ -72,18 +70,8 @@ class LoopContract(Protocol):
     # -- read by the flight recorder (trace/flight.py) and the monitor (monitor/) ------
     task_mode: str  # "asyncio" or "loopy": whose Future and Task the loop makes
     _clock: Callable[[], float]  # time() without the call
-    _readiness: Readiness  # how step 2 asks the selector, and what its bits mean
     _thread_id: int | None  # the thread running the loop, None when it is not running
     _iterations: int  # _run_once calls so far (read from the monitor's thread)
-
-    def _callback_starting(self, handle: Handle) -> float:
-        """Step 4's bookkeeping before a callback (instruments, debug mode)."""
-
-    def _callback_finished(self, handle: Handle, started: float) -> None:
-        """Step 4's bookkeeping after a callback."""
-
-    def _callback_failed(self, handle: Handle, exc: BaseException) -> None:
-        """Step 4's report of a callback that raised."""
 
     def _check_closed(self) -> None:
         """Raise RuntimeError if the loop is closed."""

@@ -440,6 +440,11 @@ def _activity_lines(activity: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _count(n: int, thing: str) -> str:
+    """``1 chunk``, ``3 chunks``."""
+    return f"{n} {thing}" if n == 1 else f"{n} {thing}s"
+
+
 def _where(chain: list[list[Any]]) -> list[Any] | None:
     """The innermost place in an await chain that is not in asyncio itself (where a user looks)."""
     outside = [location for location in chain if not str(location[0]).startswith(_ASYNCIO_DIR)]
@@ -554,7 +559,7 @@ def dump(pid: int, output: str, *, loop: int | None, out: TextIO) -> int:
         f"wrote {output}: {snap.now - snap.start:.2f} s of loop #{header['loop']}"
         f" (window {snap.seconds:g} s), {len(slots) // 2} events,"
         f" {os.path.getsize(output)} bytes; the loop was held {header['held_ms']:.2f} ms at most"
-        f" ({header['chunks']} chunks copied in {header['copy_ms']:.2f} ms),"
+        f" ({_count(header['chunks'], 'chunk')} copied in {header['copy_ms']:.2f} ms),"
         f" encoded here in {time.perf_counter() - began:.2f} s\n"
     )
     return 0

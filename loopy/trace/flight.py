@@ -12,19 +12,23 @@ descriptors it found ready, every callback and task step (with what it
 runs), how late each timer fired, and when tasks were created, first seen
 and finished.  How, cheaply:
 
-* **Inline, not through hooks.**  ``Loop._run_once`` reads ``self._flight``
-  once per iteration; when it is set, it notes where step 2's handles
-  begin in the ready queue, and step 4 (running the ready callbacks) is
-  :meth:`FlightRecorder.run_ready`, the same loop with the recording
-  written into it.
+* **Called by the loop, not through hooks.**  ``Loop._run_once`` reads
+  ``self._flight`` once per iteration; when it is set, its step 4 calls
+  :meth:`FlightRecorder.waited` once, and :meth:`~FlightRecorder.starting`
+  and :meth:`~FlightRecorder.finished` around each callback: three plain
+  method calls, where an instrument hook costs a dispatch through
+  ``Hooks`` per callback.
+* **A descriptor's step is named once.**  An I/O handle
+  (``handles.IOHandle``) serves its descriptor until it is removed; the
+  recorder keeps the step's whole code in it the first time it runs.
 * **Two numbers per callback.**  The ring is one preallocated
   ``array('d')`` of two-number slots ``(code, time)``, written through a
   ``memoryview`` (an array's own item assignment costs twice as much).
   ``code`` packs what happened into an integer below 2**53 (exact in a
-  double): its kind in the low 4 bits, the index of its name in
-  :attr:`FlightRecorder.names` in the next 16, and a number that belongs
-  to it above them (a task's number, a descriptor, a timer's lateness in
-  microseconds).  ``time`` is when it ended; a callback began when the
+  double): its kind in the low 4 bits, the index of its name in the
+  process's :class:`NameTable` in the next 16, and a number that belongs
+  to it above them (a task's number, a descriptor and direction, a timer's
+  lateness in microseconds).  ``time`` is when it ended; a callback began when the
   step before it in its iteration ended (the loop's few instructions in
   between count as the callback's): one clock read per callback.
 * **No references.**  Names are interned once per function (the key is the
@@ -34,10 +38,12 @@ and finished.  How, cheaply:
   a ResourceWarning comes when it would without the recorder.  Tasks are
   numbered by ``id()`` with a weak reference that forgets the number when
   the task dies.
-* **Names and events at dump time.**  :meth:`FlightRecorder.snapshot` only
-  copies the used part of the ring (a ``memcpy`` or two); turning numbers
-  into names and trace events happens in :meth:`FlightSnapshot.write`,
-  which need not run on the loop's thread.
+* **Names and events at dump time.**  A snapshot only copies the window's
+  part of the ring (:func:`copy_recent`: a chunk at a time, from any
+  thread, the loop running between two chunks); turning numbers into
+  names and trace events happens in :meth:`FlightSnapshot.write`, on any
+  thread, or in another process (``loopy trace dump`` encodes in the
+  client, from :meth:`FlightRecorder.wire_snapshot`).
 
 Bounds: the ring starts small (256 KiB) and doubles when it wraps while its
 oldest event is still inside the window, up to ``max_bytes`` (64 MiB by
@@ -45,9 +51,13 @@ default, four million events).  A dump covers the last ``seconds`` or what
 the ring holds, whichever is shorter, and says which
 (``otherData.flight_recorder``).
 
+Stalls: a step longer than ``stall_after`` (100 ms, or the dump threshold)
+is counted, and the newest five are kept, for ``loopy top``.
+
 Dump on stall: with a threshold, a watchdog thread (:class:`_Watchdog`)
-looks at the step running now (``running``, the start time the loop
-publishes before each callback) every quarter threshold; while one runs
+looks at the step running now (:meth:`FlightRecorder.running`: the code
+:meth:`~FlightRecorder.starting` publishes, since the last step's end)
+every quarter threshold; while one runs
 over the threshold it samples the loop thread's Python stack from
 ``sys._current_frames()``.  When the step ends, the loop's thread takes a
 snapshot and the watchdog writes it, with the stalled step, its task and

@@ -20,12 +20,14 @@ import os
 import re
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -1024,3 +1026,242 @@ def test_a_dump_request_with_a_bad_loop_is_refused(loop_thread: LoopThread) -> N
     finally:
         connection.close()
     assert answer == {"error": "malformed request: loop must be an integer"}
+
+
+# ======================================================================
+# End to end: the flight recorder in a plain loopy.run program, and in uvicorn
+# ======================================================================
+
+#: A plain ``loopy.run(main())`` program: a task that ticks every 20 ms, and
+#: on SIGUSR1 (its handler set before it says "ready") one step of a task
+#: that blocks the loop 0.3 s, after which it says "blocked".
+TICKS_AND_BLOCKS = """\
+import asyncio, signal, time
+import loopy
+
+async def tick():
+    while True:
+        await asyncio.sleep(0.02)
+
+async def blocker():
+    time.sleep(0.3)  # THE BLOCKING LINE
+    print("blocked", flush=True)
+
+async def main():
+    loop = asyncio.get_running_loop()
+    loop.create_task(tick(), name="ticker")
+    loop.add_signal_handler(
+        signal.SIGUSR1, lambda: loop.create_task(blocker(), name="blocker")
+    )
+    print("ready", flush=True)
+    await asyncio.sleep(3600)
+
+loopy.run(main())
+"""
+
+#: The figures line of ``loopy top`` when the target records.
+FIGURES = re.compile(r"utilisation (\d+\.\d)%   callbacks/s (\d+\.\d)")
+
+#: Its stalls line; "; M dumped" only when stall dumps are on.
+STALLS_LINE = re.compile(
+    r"^stalls \(steps over 100 ms\) since recording began: (\d+)(?:; (\d+) dumped)?", re.MULTILINE
+)
+
+
+def trace_dump(pid: int, name: str, cwd: Path, env: dict[str, str]) -> dict[str, Any]:
+    """``loopy trace dump PID -o NAME`` run in ``cwd``: the file it wrote, checked and loaded.
+
+    (Its line on stdout is not checked here: the test of the seed program does.)
+    """
+    from .test_trace_format import check_trace, strict_json_loads  # noqa: PLC0415
+
+    dumped = subprocess.run(
+        [sys.executable, "-m", "loopy", "trace", "dump", str(pid), "-o", name],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
+    assert dumped.returncode == 0, dumped.stderr
+    path = cwd / name
+    trace = strict_json_loads(path.read_bytes())
+    check_trace(trace)
+    assert load_trace(path) == trace
+    return trace  # type: ignore[no-any-return]
+
+
+def recorded_top(pid: int, env: dict[str, str]) -> str:
+    """``loopy top PID --once`` of a target that records: exit 0, and the recorder's figures."""
+    frame = run_cli("top", str(pid), "--once", env=env)
+    assert frame.returncode == 0, frame.stderr
+    assert "need the flight recorder" not in frame.stdout, frame.stdout
+    assert FIGURES.search(frame.stdout), frame.stdout
+    return frame.stdout
+
+
+@pytest.mark.parametrize("tasks", ["asyncio", "loopy"])
+def test_a_plain_loopy_run_program_with_the_recorder_is_watched_dumped_on_stall_and_traced(
+    tasks: str, script: Callable[..., Script], runtime_dir: Path, tmp_path: Path
+) -> None:
+    """LOOPY_FLIGHT_RECORDER and LOOPY_DUMP_ON_STALL as a user sets them, then ps, top and dumps.
+
+    The blocking step is started by a signal and its end is a line on stdout:
+    each wait below is for something the target did, never a sleep.
+    """
+    dumps = tmp_path / "dumps"
+    dumps.mkdir()
+    env = target_env(runtime_dir)
+    target = script(
+        TICKS_AND_BLOCKS,
+        target_env(
+            runtime_dir,
+            LOOPY_FLIGHT_RECORDER="5",
+            LOOPY_DUMP_ON_STALL="0.1",
+            LOOPY_DUMP_DIR=str(dumps),
+            LOOPY_TASKS=tasks,
+        ),
+    )
+    target.wait_for_line("ready")
+    wait_for_socket(runtime_dir, target.pid)  # (the recorder implies the monitor)
+
+    listed = run_cli("ps", env=env)
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split(None, 4) for line in listed.stdout.splitlines()[1:-1]]
+    assert [row[0] for row in rows] == [str(target.pid)], listed.stdout
+    assert rows[0][2] == "1/1"
+    assert re.fullmatch(r"\d+%", rows[0][3]), rows[0]  # a recorder: a utilisation
+    assert rows[0][4].endswith("target.py")
+
+    before = recorded_top(target.pid, env)
+    assert "loop #0: " in before
+    assert float(FIGURES.search(before)[2]) > 0  # type: ignore[index]  # (the ticks)
+    counted = STALLS_LINE.search(before)
+    assert counted is not None, before
+    assert counted[2] is not None, before  # (dumps are on: "; M dumped")
+    stalls_before, dumped_before = int(counted[1]), int(counted[2])
+
+    os.kill(target.pid, signal.SIGUSR1)
+    target.wait_for_line("blocked")
+    deadline = time.monotonic() + TIMEOUT
+    while not (files := sorted(dumps.glob("loopy-stall-*.json"))):  # written off the loop
+        assert time.monotonic() < deadline, f"no stall dump in {dumps}"
+        time.sleep(0.01)
+    stall = load_trace(files[-1])["otherData"]["stall"]
+    assert stall["task"] == stall["step"] == "Task blocker (coro: blocker)"
+    assert stall["duration_ms"] >= 300
+    assert stall["unfinished"] is False
+    number = TICKS_AND_BLOCKS.splitlines().index("    time.sleep(0.3)  # THE BLOCKING LINE") + 1
+    assert stall["stack"][-1] == f"{tmp_path / 'target.py'}:{number} in blocker", stall["stack"]
+
+    # Relative to the client's working directory (the target's is ROOT).
+    trace = trace_dump(target.pid, "last.json", tmp_path, env)
+    assert not (ROOT / "last.json").exists()
+    steps = [e for e in trace["traceEvents"] if e["ph"] == "X" and e.get("cat") == "task-step"]
+    assert len([e for e in steps if e["name"] == "Task ticker (coro: tick)"]) >= 5
+    assert [e["name"] for e in steps if e["dur"] >= 300_000] == ["Task blocker (coro: blocker)"]
+    assert {e["pid"] for e in trace["traceEvents"]} == {target.pid}
+
+    after = recorded_top(target.pid, env)
+    counted = STALLS_LINE.search(after)
+    assert counted is not None, after
+    assert counted[2] is not None, after  # (dumps are on: "; M dumped")
+    assert int(counted[1]) >= stalls_before + 1
+    assert int(counted[2]) >= dumped_before + 1
+    assert re.search(
+        r"\n  \d\d:\d\d:\d\d +[3-9]\d\d\.\d ms  Task blocker \(coro: blocker\)\n", after
+    )
+
+
+def uvicorn_workers(runtime_dir: Path, count: int) -> list[int]:
+    """The pids ``loopy ps`` lists, once it lists ``count`` (uvicorn starts workers one by one)."""
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        listed = run_cli("ps", env=target_env(runtime_dir))
+        assert listed.returncode == 0, listed.stderr
+        pids = [int(line.split()[0]) for line in listed.stdout.splitlines()[1:-1]]
+        if len(pids) == count or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert len(pids) == count, listed.stdout
+    for line in listed.stdout.splitlines()[1:-1]:
+        assert re.match(r" +\d+ +\S+ +1/1 +\d+% ", line), listed.stdout  # each records
+    return pids
+
+
+def get_loop(url: str) -> dict[str, Any]:
+    """GET ``/loop`` on a connection of its own (urllib: one connection per request)."""
+    with urllib.request.urlopen(f"{url}/loop", timeout=TIMEOUT) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+    return answer
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_uvicorn_on_loopy_with_the_recorder_each_worker_records_its_own_requests(
+    workers: int, runtime_dir: Path, tmp_path: Path
+) -> None:
+    """Each worker is a watchable process of its own, with its own recorder.
+
+    With two workers, one is held inside ``/hold`` (its loop blocked, see
+    tests/apps/starlette_app.py) while the other answers ``/loop``: each
+    worker has served requests, whatever way the kernel spreads connections.
+    """
+    fifo = tmp_path / "hold.fifo"
+    os.mkfifo(fifo)
+    port = test_frameworks.free_port()
+    argv = [test_frameworks.UVICORN, "--loop", "loopy:new_event_loop", "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--workers", str(workers), "starlette_app:app"]
+    env = {
+        "LOOPY_FLIGHT_RECORDER": "5",
+        "XDG_RUNTIME_DIR": str(runtime_dir),
+        "HOLD_FIFO": str(fifo),
+    }
+    with test_frameworks.serving(argv, port, tmp_path, **env) as served:
+        pids = uvicorn_workers(runtime_dir, workers)
+        assert served.process.pid not in pids or pids == [served.process.pid]
+        requests: dict[int, int] = dict.fromkeys(pids, 0)  # requests each worker answered
+        held: list[dict[str, Any]] = []
+        if workers == 2:
+
+            def hold() -> None:
+                with urllib.request.urlopen(f"{served.url}/hold", timeout=TIMEOUT) as response:
+                    held.append(json.loads(response.read()))
+
+            holder = threading.Thread(target=hold)
+            holder.start()
+            try:
+                writer = test_frameworks._open_fifo_writer(fifo, served)  # a worker is held
+                try:
+                    answers = [get_loop(served.url) for _ in range(3)]  # the other one answers
+                finally:
+                    os.close(writer)  # the held one answers /hold
+            finally:
+                holder.join(TIMEOUT)
+            assert not holder.is_alive()
+            assert len(held) == 1
+            answers += held
+        else:
+            answers = [get_loop(served.url) for _ in range(3)]
+        for answer in answers:
+            assert answer["loop"] == test_frameworks.LOOPY_LOOP
+            requests[answer["pid"]] += 1
+        assert all(requests.values()), requests  # every worker answered
+
+        env_ = target_env(runtime_dir)
+        for pid in sorted(pids, key=lambda pid: requests[pid]):  # the held one's reads first
+            trace = trace_dump(pid, f"worker-{pid}.json", tmp_path, env_)
+            assert {e["pid"] for e in trace["traceEvents"]} == {pid}  # its own recorder
+            io = [e for e in trace["traceEvents"] if e.get("cat") == "io" and e["ph"] == "X"]
+            accepts = {e["args"]["fd"] for e in io if e["name"].endswith("_on_acceptable")}
+            assert len(accepts) == 1, io  # the listening socket
+            reads = [
+                e
+                for e in trace["traceEvents"]
+                if e.get("cat") == "io" and e["ph"] == "i" and e["args"]["events"] == "read"
+            ]
+            # Each request's connection was readable at least once (its request).
+            assert len([e for e in reads if e["args"]["fd"] not in accepts]) >= requests[pid], io
+            frame = recorded_top(pid, env_)
+            assert f"loopy top - pid {pid} " in frame
+            assert f"127.0.0.1:{port}  (listening)" in frame

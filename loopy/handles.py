@@ -2,8 +2,9 @@
 
 Everything the loop ever runs is a :class:`Handle`: ``call_soon`` makes one
 and appends it to the ready queue, ``call_later``/``call_at`` make a
-:class:`TimerHandle` and push it on the timer heap, and ``add_reader`` keeps one
-per file descriptor that the loop re-queues each time the descriptor is ready.
+:class:`TimerHandle` and hand it to the timer store, and ``add_reader`` keeps one
+(an :class:`IOHandle`) per file descriptor that the loop re-queues each time
+the descriptor is ready.
 
 A handle is deliberately dumb.  It knows its callback, the callback's
 arguments and the :mod:`contextvars` context to run it in, and it can be

@@ -144,6 +144,30 @@ def test_handles_are_asyncio_handles_with_asyncio_s_repr(loop: Any, debug: bool)
         reference.close()
 
 
+@pytest.mark.parametrize("debug", [False, True])
+def test_a_reader_handle_looks_like_asyncios(loop: Any, debug: bool) -> None:
+    """asyncio calls the handle add_reader keeps a Handle; loopy's IOHandle says the same."""
+    reference = asyncio.SelectorEventLoop()
+    a, b = socket.socketpair()
+    try:
+        seen = {}
+        for kind, some_loop in (("asyncio", reference), ("loopy", loop)):
+            some_loop.set_debug(debug)
+            handle = some_loop._add_reader(a.fileno(), _some_callback, 1)
+            seen[kind] = [repr(handle)]
+            some_loop.remove_reader(a.fileno())
+            seen[kind].append(repr(handle))  # cancelled
+        # (In debug mode, "created at": asyncio names its own line in
+        # selector_events.py, loopy the caller's, as for every handle it makes.)
+        cut = [[text.split(" created at ")[0] for text in seen[kind]] for kind in seen]
+        assert cut[0] == cut[1]
+        assert seen["loopy"][0].startswith("<Handle _some_callback(")
+    finally:
+        reference.close()
+        a.close()
+        b.close()
+
+
 def test_callbacks_run_in_their_context(any_loop: Any) -> None:
     var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
     seen: list[str] = []

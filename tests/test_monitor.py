@@ -1044,7 +1044,7 @@ async def tick():
         await asyncio.sleep(0.02)
 
 async def blocker():
-    time.sleep(0.3)  # THE BLOCKING LINE
+    time.sleep(1.0)  # THE BLOCKING LINE
     print("blocked", flush=True)
 
 async def main():
@@ -1064,7 +1064,7 @@ FIGURES = re.compile(r"utilisation (\d+\.\d)%   callbacks/s (\d+\.\d)")
 
 #: Its stalls line; "; M dumped" only when stall dumps are on.
 STALLS_LINE = re.compile(
-    r"^stalls \(steps over 100 ms\) since recording began: (\d+)(?:; (\d+) dumped)?", re.MULTILINE
+    r"^stalls \(steps over \d+ ms\) since recording began: (\d+)(?:; (\d+) dumped)?", re.MULTILINE
 )
 
 
@@ -1118,7 +1118,9 @@ def test_a_plain_loopy_run_program_with_the_recorder_is_watched_dumped_on_stall_
         target_env(
             runtime_dir,
             LOOPY_FLIGHT_RECORDER="5",
-            LOOPY_DUMP_ON_STALL="0.1",
+            # (Over half a second: a loaded machine's hiccup in the target
+            # before the signal is not a stall, and cannot take the one dump.)
+            LOOPY_DUMP_ON_STALL="0.5",
             LOOPY_DUMP_DIR=str(dumps),
             LOOPY_TASKS=tasks,
         ),
@@ -1150,9 +1152,9 @@ def test_a_plain_loopy_run_program_with_the_recorder_is_watched_dumped_on_stall_
         time.sleep(0.01)
     stall = load_trace(files[-1])["otherData"]["stall"]
     assert stall["task"] == stall["step"] == "Task blocker (coro: blocker)"
-    assert stall["duration_ms"] >= 300
+    assert stall["duration_ms"] >= 1000
     assert stall["unfinished"] is False
-    number = TICKS_AND_BLOCKS.splitlines().index("    time.sleep(0.3)  # THE BLOCKING LINE") + 1
+    number = TICKS_AND_BLOCKS.splitlines().index("    time.sleep(1.0)  # THE BLOCKING LINE") + 1
     assert stall["stack"][-1] == f"{tmp_path / 'target.py'}:{number} in blocker", stall["stack"]
 
     # Relative to the client's working directory (the target's is ROOT).
@@ -1160,7 +1162,7 @@ def test_a_plain_loopy_run_program_with_the_recorder_is_watched_dumped_on_stall_
     assert not (ROOT / "last.json").exists()
     steps = [e for e in trace["traceEvents"] if e["ph"] == "X" and e.get("cat") == "task-step"]
     assert len([e for e in steps if e["name"] == "Task ticker (coro: tick)"]) >= 5
-    assert [e["name"] for e in steps if e["dur"] >= 300_000] == ["Task blocker (coro: blocker)"]
+    assert [e["name"] for e in steps if e["dur"] >= 1e6] == ["Task blocker (coro: blocker)"]
     assert {e["pid"] for e in trace["traceEvents"]} == {target.pid}
 
     after = recorded_top(target.pid, env)
@@ -1169,9 +1171,7 @@ def test_a_plain_loopy_run_program_with_the_recorder_is_watched_dumped_on_stall_
     assert counted[2] is not None, after  # (dumps are on: "; M dumped")
     assert int(counted[1]) >= stalls_before + 1
     assert int(counted[2]) >= dumped_before + 1
-    assert re.search(
-        r"\n  \d\d:\d\d:\d\d +[3-9]\d\d\.\d ms  Task blocker \(coro: blocker\)\n", after
-    )
+    assert re.search(r"\n  \d\d:\d\d:\d\d +1\d\d\d\.\d ms  Task blocker \(coro: blocker\)\n", after)
 
 
 def uvicorn_workers(runtime_dir: Path, count: int) -> list[int]:

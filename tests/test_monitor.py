@@ -68,12 +68,12 @@ def target_env(runtime_dir: Path, **extra: str) -> dict[str, str]:
     return {**os.environ, "XDG_RUNTIME_DIR": str(runtime_dir), **extra}
 
 
-def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """``python -m loopy ARGS`` as a user runs it."""
+def run_cli(*args: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """``python -m loopy ARGS`` as a user runs it (in ``cwd``)."""
     return subprocess.run(
         [sys.executable, "-m", "loopy", *args],
         env=env,
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
@@ -882,15 +882,7 @@ def test_trace_dump_of_the_recorded_seed_program_holds_its_last_seconds(
         program.wait_for(r"Recvd .*late.*", count=2)
         assert time.monotonic() - sent_early > 5.5
         # Relative to the client's working directory, not the target's (ROOT).
-        dumped = subprocess.run(
-            [sys.executable, "-m", "loopy", "trace", "dump", str(pid), "-o", "last.json"],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            check=False,
-        )
+        dumped = run_cli("trace", "dump", str(pid), "-o", "last.json", env=env, cwd=tmp_path)
     finally:
         for sock in [early, *late]:
             sock.close()
@@ -1075,15 +1067,7 @@ def trace_dump(pid: int, name: str, cwd: Path, env: dict[str, str]) -> dict[str,
     """
     from .test_trace_format import check_trace, strict_json_loads  # noqa: PLC0415
 
-    dumped = subprocess.run(
-        [sys.executable, "-m", "loopy", "trace", "dump", str(pid), "-o", name],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+    dumped = run_cli("trace", "dump", str(pid), "-o", name, env=env, cwd=cwd)
     assert dumped.returncode == 0, dumped.stderr
     path = cwd / name
     trace = strict_json_loads(path.read_bytes())

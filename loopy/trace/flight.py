@@ -364,7 +364,7 @@ class FlightRecorder:
         return 0
 
     def add(self, code: int, t: float) -> None:
-        """Write one slot (for what happens once per task; the steps write their own)."""
+        """Write one slot: ``code`` (see the module docstring) and a time."""
         i = self.i
         if i >= self.end:
             i = self.wrap()
@@ -446,13 +446,7 @@ class FlightRecorder:
     def finished(self, code: int) -> None:
         """The step that :meth:`starting` gave ``code`` ended: write it (code, end)."""
         t = self.clock()
-        i = self.i
-        if i >= self.end:
-            i = self.wrap()
-        ring = self.ring
-        ring[i] = code
-        ring[i + 1] = t
-        self.i = i + SLOT
+        self.add(code, t)
         start, self.last, self.step = self.last, t, -1
         if code & 15 == K_TASK_STEP:
             self._task_stepped(code >> _NUMBER_SHIFT)

@@ -1249,3 +1249,58 @@ def test_uvicorn_on_loopy_with_the_recorder_each_worker_records_its_own_requests
             frame = recorded_top(pid, env_)
             assert f"loopy top - pid {pid} " in frame
             assert f"127.0.0.1:{port}  (listening)" in frame
+
+
+# ======================================================================
+# A dump from something that is not a loopy recorder
+# ======================================================================
+
+
+@pytest.mark.parametrize(
+    ("header", "body", "said"),
+    [
+        ({"loop": 0, "facts": 2, "slots": 17}, b"", "a dump of 2 + 17 bytes: not sent"),
+        ({"loop": 0, "facts": -1, "slots": 0}, b"", "a dump of -1 + 0 bytes: not sent"),
+        ({"loop": 0, "facts": 5, "slots": 0}, b"nope!", "sent a dump that cannot be read"),
+        ({"loop": 0, "facts": 2, "slots": 0}, b"{}", "sent a dump that cannot be read"),
+    ],
+)
+def test_a_dump_that_is_not_a_recording_is_one_line_and_no_file(
+    header: dict[str, Any],
+    body: bytes,
+    said: str,
+    runtime_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A process at the socket that answers hello, then sends a header and bytes it makes up."""
+    stand_in = subprocess.Popen(["sleep", "30"])  # (a live pid; SIGURG leaves it be)
+    directory = paths.private_dir(create=True)
+    assert directory is not None
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(paths.socket_path(directory, stand_in.pid)))
+    listener.listen(1)
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        with conn, conn.makefile("rb") as requests:
+            requests.readline()  # hello
+            conn.sendall(b'{"pid": 0}\n')
+            requests.readline()  # dump
+            conn.sendall(json.dumps(header).encode() + b"\n" + body)
+
+    thread = threading.Thread(target=answer)
+    thread.start()
+    try:
+        output = tmp_path / "dump.json"
+        assert cli.main(["trace", "dump", str(stand_in.pid), "-o", str(output)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"loopy: process {stand_in.pid}"), err
+        assert said in err, err
+        assert err.count("\n") == 1  # one line, no traceback
+        assert not output.exists()
+    finally:
+        thread.join(TIMEOUT)
+        listener.close()
+        stand_in.kill()
+        stand_in.wait()

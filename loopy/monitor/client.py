@@ -553,7 +553,11 @@ def dump(pid: int, output: str, *, loop: int | None, out: TextIO) -> int:
     finally:
         connection.close()
     began = time.perf_counter()
-    snap = FlightSnapshot.from_wire(json.loads(facts.getvalue()), slots)
+    try:
+        snap = FlightSnapshot.from_wire(json.loads(facts.getvalue()), slots)
+    except (ValueError, LookupError, TypeError) as exc:  # (not from a loopy recorder)
+        print(f"loopy: process {pid} sent a dump that cannot be read: {exc!r}", file=sys.stderr)
+        return 1
     snap.write(output)
     out.write(
         f"wrote {output}: {snap.now - snap.start:.2f} s of loop #{header['loop']}"

@@ -481,8 +481,10 @@ loopy.run(main())
 """
 
 
-def run_stalls(tmp_path: Path, *steps: float, tasks: str = "asyncio") -> tuple[list[Path], str]:
-    """Run STALLS with ``LOOPY_DUMP_ON_STALL=0.1``; the dumps it wrote, and its stderr."""
+def run_stalls(
+    tmp_path: Path, *steps: float, tasks: str = "asyncio", **more: str
+) -> tuple[list[Path], str]:
+    """Run STALLS with ``LOOPY_DUMP_ON_STALL=0.1`` (and ``more``); its dumps, and its stderr."""
     program = tmp_path / "stalls.py"
     program.write_text(textwrap.dedent(STALLS))
     dumps = tmp_path / "dumps"
@@ -492,6 +494,7 @@ def run_stalls(tmp_path: Path, *steps: float, tasks: str = "asyncio") -> tuple[l
         "LOOPY_DUMP_ON_STALL": "0.1",
         "LOOPY_DUMP_DIR": str(dumps),
         "LOOPY_TASKS": tasks,
+        **more,
     }
     done = subprocess.run(
         [sys.executable, str(program), *map(str, steps)],
@@ -532,6 +535,23 @@ def test_a_300_ms_step_writes_a_dump_with_the_step_its_task_and_the_stack(
     assert len(marks) == 1
     slow = [e for e in events(trace, "task-step") if e["dur"] >= 300_000]
     assert [e["name"] for e in slow] == ["Task blocker (coro: blocker)"]
+
+
+@pytest.mark.parametrize("tasks", ["asyncio", "loopy"])
+def test_the_recorder_and_a_full_trace_together_each_tell_the_same_stall(
+    tasks: str, tmp_path: Path
+) -> None:
+    """LOOPY_TRACE (every event, through the hooks) and the recorder (inline) at once."""
+    traced = tmp_path / "everything.json"
+    files, _ = run_stalls(tmp_path, 0.3, tasks=tasks, LOOPY_TRACE=str(traced))
+    assert len(files) == 1
+    dumped, whole = strict_json_loads(files[0].read_bytes()), strict_json_loads(traced.read_bytes())
+    for trace in (dumped, whole):
+        check_trace(trace)
+        slow = [e["name"] for e in events(trace, "task-step") if e["dur"] >= 300_000]
+        assert slow == ["Task blocker (coro: blocker)"]
+    # The full trace holds at least every step of the dump's window.
+    assert len(events(whole, "task-step")) >= len(events(dumped, "task-step"))
 
 
 def test_50_ms_steps_write_nothing(tmp_path: Path) -> None:
@@ -755,6 +775,8 @@ def test_the_recorder_counts_every_stall_and_keeps_the_newest(kind: str) -> None
         assert {stall["step"] for stall in activity["stalls"]} == {
             "test_the_recorder_counts_every_stall_and_keeps_the_newest.<locals>.hold"
         }
+        # (The stalls were callbacks: the one task, run_until_complete's, took no time.)
+        assert [task["ms"] for task in activity["busiest_tasks"]] == [0.0]
     finally:
         loop.close()
 
@@ -854,3 +876,38 @@ def test_a_copy_that_begins_with_half_a_wait_reads_the_rest(vloop: Any, tmp_path
     snap.started = snap.slots[1] - 1e-6
     cut = events(dump(snap, tmp_path / "cut.json"), "task-step")
     assert len(cut) == len(whole)
+
+
+@pytest.mark.parametrize("kind", ["loopy", "loopy-own"])
+def test_the_busiest_tasks_are_those_whose_steps_took_longest(kind: str) -> None:
+    loop = make_loop(kind, virtual=True)
+    try:
+        loop.start_flight_recorder(60)
+
+        async def work(per_step: float, steps: int) -> None:
+            for _ in range(steps):
+                loop.virtual_clock.advance(per_step)  # this step takes per_step
+                await asyncio.sleep(0)
+
+        async def main() -> None:
+            await asyncio.gather(
+                loop.create_task(work(0.001, 50), name="many-short"),  # 50 ms in 50+ steps
+                loop.create_task(work(0.03, 3), name="few-long"),  # 90 ms in 3+ steps
+                loop.create_task(work(0.0001, 5), name="idle"),
+                loop.create_task(work(0.0002, 5), name="idler"),
+            )
+
+        loop.run_until_complete(main())
+        activity = recent_activity(loop, 1.0)
+        assert activity is not None
+        busiest = activity["busiest_tasks"]
+        assert [task["task"] for task in busiest] == [
+            "Task few-long (coro: work)",
+            "Task many-short (coro: work)",
+            "Task idler (coro: work)",
+        ]
+        assert busiest[0]["ms"] == pytest.approx(90, abs=0.5)
+        assert busiest[0]["steps"] == 4  # three that advance the clock, and the last
+        assert busiest[1]["ms"] == pytest.approx(50, abs=0.5)
+    finally:
+        loop.close()

@@ -206,7 +206,7 @@ def test_ps_lists_the_seed_program_and_top_shows_its_figures(start: Any, runtime
             host, port = sock.getsockname()
             assert f"127.0.0.1:{program.port}  <-> {host}:{port}" in text
         assert (
-            "  utilisation, callbacks/s, slowest steps, stalls: need the flight recorder"
+            "  utilisation, callbacks/s, slowest steps, busiest tasks, stalls: need the flight recorder"
             " (start the target with LOOPY_FLIGHT_RECORDER=SECONDS)"
         ) in text
         assert re.search(r"tasks \((\d+)\), longest waiting first", text)
@@ -966,7 +966,9 @@ def test_in_process_top_and_dump_read_the_recorder(
 ) -> None:
     """Top's figures and stalls, ps's utilisation, and a dump, from a loop that records."""
     loop = loop_thread.loop
-    assert "utilisation, callbacks/s, slowest steps, stalls: need" in top_once(capsys)
+    assert "utilisation, callbacks/s, slowest steps, busiest tasks, stalls: need" in top_once(
+        capsys
+    )
     started = threading.Event()
     loop.call_soon_threadsafe(lambda: (loop.start_flight_recorder(5), started.set()))
     assert started.wait(TIMEOUT)

@@ -410,7 +410,9 @@ def format_frame(answer: dict[str, Any]) -> list[str]:
 def _activity_lines(activity: dict[str, Any] | None) -> list[str]:
     """The flight recorder's figures: busy share, callbacks/s, slowest steps, stalls."""
     if activity is None:
-        return [f"  utilisation, callbacks/s, slowest steps, stalls: {NEEDS_RECORDER}"]
+        return [
+            f"  utilisation, callbacks/s, slowest steps, busiest tasks, stalls: {NEEDS_RECORDER}"
+        ]
     seconds = activity["seconds"]
     # (Under a second for a loop too busy to read a second of: see recent_activity.)
     last = f"{seconds:g} s" if seconds >= 1 else f"{seconds * 1e3:.0f} ms"
@@ -425,6 +427,13 @@ def _activity_lines(activity: dict[str, Any] | None) -> list[str]:
         now = " (running)" if step["ended_s_ago"] <= 0 else ""
         lines.append(f"  {step['ms']:>9.3f} ms  {step['step']}{now}")
     if not activity["slowest"]:
+        lines.append("  (none)")
+    lines.append("")
+    lines.append(f"busiest tasks of the last {last}:")
+    for task in activity["busiest_tasks"]:
+        steps = _count(task["steps"], "step")
+        lines.append(f"  {task['ms']:>9.3f} ms in {steps:<10}  {task['task']}")
+    if not activity["busiest_tasks"]:
         lines.append("  (none)")
     threshold = activity["stall_threshold"]
     dumps = activity["dumps"]

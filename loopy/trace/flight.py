@@ -942,7 +942,8 @@ def recent_activity(loop: LoopContract, seconds: float = 1.0) -> dict[str, Any] 
     """What ``loop`` did in the last ``seconds``, from its recorder (None without one).
 
     The busy share (steps' time over ``seconds``, the step running now
-    included), callbacks per second, and the slowest steps.  A loop too
+    included), callbacks per second, the slowest steps, the busiest tasks
+    (their steps' time), and the stalls the recorder kept.  A loop too
     busy for :data:`_ACTIVITY_MAX` numbers a second is measured over the
     shorter span they cover (``seconds`` in the answer says which).  Called
     by the monitor's thread: the loop is held only for :func:`copy_recent`'s
@@ -988,6 +989,18 @@ def recent_activity(loop: LoopContract, seconds: float = 1.0) -> dict[str, Any] 
     for duration, end, code in steps[:5]:
         name, _ = _step_name(code, flight.names, labels)
         slowest.append({"step": name, "ms": duration * 1e3, "ended_s_ago": now - end})
+    # The tasks whose steps took the most of the interval (a step begun
+    # before it counts from its start).
+    by_task: dict[int, list[float]] = {}
+    for duration, end, code in steps:
+        if code & 15 == K_TASK_STEP:
+            spent = by_task.setdefault(code >> _NUMBER_SHIFT, [0.0, 0])
+            spent[0] += min(duration, end - since)
+            spent[1] += 1
+    busiest = [
+        {"task": labels.get(number), "ms": spent * 1e3, "steps": count}
+        for number, (spent, count) in sorted(by_task.items(), key=lambda item: -item[1][0])[:3]
+    ]
     wall = time.time()
     stalls = []
     for start, end, code in list(flight.stalls):
@@ -998,6 +1011,7 @@ def recent_activity(loop: LoopContract, seconds: float = 1.0) -> dict[str, Any] 
         "utilisation": min(1.0, busy / seconds),
         "callbacks_per_s": finished / seconds,
         "slowest": slowest,
+        "busiest_tasks": busiest,
         "window_s": flight.seconds,
         "stall_threshold": flight.stall_after,
         "stall_count": flight.stall_count,

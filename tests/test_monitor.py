@@ -206,8 +206,8 @@ def test_ps_lists_the_seed_program_and_top_shows_its_figures(start: Any, runtime
             host, port = sock.getsockname()
             assert f"127.0.0.1:{program.port}  <-> {host}:{port}" in text
         assert (
-            "  utilisation, callbacks/s, slowest steps, busiest tasks, stalls: need the flight recorder"
-            " (start the target with LOOPY_FLIGHT_RECORDER=SECONDS)"
+            "  utilisation, callbacks/s, slowest steps, busiest tasks, stalls: need the flight"
+            " recorder (start the target with LOOPY_FLIGHT_RECORDER=SECONDS)"
         ) in text
         assert re.search(r"tasks \((\d+)\), longest waiting first", text)
     finally:

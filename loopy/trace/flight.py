@@ -28,9 +28,10 @@ and finished.  How, cheaply:
   double): its kind in the low 4 bits, the index of its name in the
   process's :class:`NameTable` in the next 16, and a number that belongs
   to it above them (a task's number, a descriptor and direction, a timer's
-  lateness in microseconds).  ``time`` is when it ended; a callback began when the
-  step before it in its iteration ended (the loop's few instructions in
-  between count as the callback's): one clock read per callback.
+  lateness in microseconds).  ``time`` is when it ended; a callback began
+  when the step before it in its iteration ended (the loop's few
+  instructions in between count as the callback's): one clock read per
+  callback.
 * **No references.**  Names are interned once per function (the key is the
   id of its code object, which is kept alive so that the id stays unique).
   No handle, callback or task is referenced from the ring: a task dies
@@ -57,9 +58,9 @@ is counted, and the newest five are kept, for ``loopy top``.
 Dump on stall: with a threshold, a watchdog thread (:class:`_Watchdog`)
 looks at the step running now (:meth:`FlightRecorder.running`: the code
 :meth:`~FlightRecorder.starting` publishes, since the last step's end)
-every quarter threshold; while one runs
-over the threshold it samples the loop thread's Python stack from
-``sys._current_frames()``.  When the step ends, the loop's thread takes a
+every quarter threshold; while one runs over the threshold it samples the
+loop thread's Python stack from ``sys._current_frames()``.  When the step
+ends, the loop's thread takes a
 snapshot and the watchdog writes it, with the stalled step, its task and
 the stack (``otherData.stall``).  A step still running after ten times the
 threshold is dumped by the watchdog itself, marked unfinished.  At most one
@@ -298,7 +299,7 @@ class FlightRecorder:
         self.end = self.capacity * SLOT
         self.i = 0
         self.wrapped = False
-        self.laps = 0  # times i went back to 0 or the ring grew (copies check it: _copy_recent)
+        self.laps = 0  # times i went back to 0 or the ring grew (copy_recent checks it)
         self._loop = weakref.ref(loop)
         self.clock: Callable[[], float] = loop._clock
         self.pid = os.getpid()

@@ -911,3 +911,28 @@ def test_the_busiest_tasks_are_those_whose_steps_took_longest(kind: str) -> None
         assert busiest[1]["ms"] == pytest.approx(50, abs=0.5)
     finally:
         loop.close()
+
+
+def test_a_ring_that_went_round_grows_in_place_and_keeps_its_order(
+    vloop: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(flight_module, "_INITIAL_EVENTS", 64)
+    flight = FlightRecorder(vloop, 10, max_bytes=1024 * 16)  # 64 slots first, 1,024 at most
+    clock = vloop.virtual_clock
+    for _ in range(200):  # one a second: the ring goes round, nothing old is wanted
+        clock.advance(1.0)
+        flight.add(flight_module.K_CALLBACK, clock())
+    assert flight.wrapped
+    assert flight.capacity == 64
+    dense = []
+    for _ in range(500):  # one a millisecond: all of them inside the window
+        clock.advance(0.001)
+        flight.add(flight_module.K_CALLBACK, clock())
+        dense.append(clock())
+    assert flight.capacity == 512  # doubled three times, each by moving its end
+    slots = flight.snapshot().slots
+    pairs = zip(slots[::2], slots[1::2], strict=True)
+    times = [t for code, t in pairs if code != flight_module.K_PAD]
+    assert times[0] > 0  # no slot that was never written
+    assert times == sorted(times)  # oldest first, no slot out of place
+    assert times[-500:] == dense  # every one kept

@@ -46,9 +46,11 @@ and finished.  How, cheaply:
   thread, or in another process (``loopy trace dump`` encodes in the
   client, from :meth:`FlightRecorder.wire_snapshot`).
 
-Bounds: the ring starts small (256 KiB) and doubles when it wraps while its
-oldest event is still inside the window, up to ``max_bytes`` (64 MiB by
-default, four million events).  A dump covers the last ``seconds`` or what
+Bounds: the ring's memory, ``max_bytes`` (64 MiB by default, four million
+events), is reserved at once but given pages by the kernel only as they
+are first written.  The ring uses its first 256 KiB, and doubles that (by
+moving its end: nothing is copied, the loop is not held) when it fills
+while its oldest event is still inside the window.  A dump covers the last ``seconds`` or what
 the ring holds, whichever is shorter, and says which
 (``otherData.flight_recorder``).
 
@@ -74,6 +76,7 @@ import functools
 import json
 import logging
 import math
+import mmap
 import os
 import queue
 import sys
@@ -261,22 +264,24 @@ class FlightRecorder:
     :meth:`finished` around each step, and ``create_task`` calls
     :meth:`task_created`.
 
-    Invariants: ``buf`` holds ``capacity`` slots and ``ring`` is a
-    memoryview of it; ``i`` is the index of the next number to write (a
-    multiple of :data:`SLOT`), and once ``wrapped`` the slots from ``i`` on
-    are older than those before it.  ``last`` is when the last step (or
-    wait) ended, which is when the step running now began; ``step`` is the
-    code of that step, -1 when none runs (read from other threads through
-    :meth:`running`).
+    Invariants: ``ring`` (numbers) and ``raw`` (bytes) view the same
+    ``max_events`` slots, of which the first ``capacity`` are in use, up to
+    ``end`` (``capacity * SLOT``, in numbers); ``i`` is the index of the
+    next number to write (a multiple of :data:`SLOT`), and once ``wrapped``
+    the slots from ``i`` to ``end`` are older than those before it.
+    ``last`` is when the last step (or wait) ended, which is when the step
+    running now began; ``step`` is the code of that step, -1 when none runs
+    (read from other threads through :meth:`running`).
     """
 
     # Slots: attribute access on the hot path is then a fixed offset
     # (CPython stops sharing the keys of an instance dict this large).
     __slots__ = (
-        "__weakref__", "_dead_tasks", "_loop", "_names_get", "_next_task", "_task_numbers",
-        "_task_refs", "_watchdog", "buf", "capacity", "clock", "dump_dir", "end", "i", "laps",
-        "last", "max_events", "name_table", "pid", "ring", "seconds", "stall_after",
-        "stall_count", "stalls", "started", "step", "task_labels", "task_mode", "wrapped",
+        "__weakref__", "_dead_tasks", "_loop", "_memory", "_names_get", "_next_task",
+        "_task_numbers", "_task_refs", "_watchdog", "capacity", "clock", "dump_dir", "end", "i",
+        "laps", "last", "max_events", "name_table", "pid", "raw", "ring", "seconds",
+        "stall_after", "stall_count", "stalls", "started", "step", "task_labels", "task_mode",
+        "wrapped",
     )  # fmt: skip
 
     def __init__(
@@ -293,9 +298,14 @@ class FlightRecorder:
             raise ValueError(f"max_bytes must be at least {64 * _SLOT_BYTES}, not {max_bytes}")
         self.max_events = max_bytes // _SLOT_BYTES
         self.capacity = min(_INITIAL_EVENTS, self.max_events)
-        self.buf = array("d", bytes(self.capacity * _SLOT_BYTES))
+        # All the memory the ring may ever use, reserved at once: anonymous
+        # memory, of which the kernel gives a page only when it is first
+        # written, so growing is moving `end`, never copying (private: a
+        # forked child writes its own).
+        self._memory = mmap.mmap(-1, self.max_events * _SLOT_BYTES, flags=mmap.MAP_PRIVATE)
+        self.raw = memoryview(self._memory)  # bytes, for copying out
         # (Typed Any: typeshed's memoryview takes only ints, a 'd' view floats too.)
-        self.ring: Any = memoryview(self.buf)
+        self.ring: Any = self.raw.cast("d")
         self.end = self.capacity * SLOT
         self.i = 0
         self.wrapped = False
@@ -341,25 +351,22 @@ class FlightRecorder:
         """The ring is full: grow it if its oldest event is still wanted, else start over.
 
         Slots left unwritten at the end (a two-slot write did not fit) are
-        marked as padding.
+        marked as padding.  Growing moves ``end`` (the memory is reserved):
+        the slots from 0 to ``end`` are then in order, oldest first (those
+        written since ``i`` was last 0), and writing goes on after them.
         """
         self.laps += 1  # (first: a copy running meanwhile must know the slots are changing)
-        for pad in range(self.i, self.end, SLOT):
-            self.ring[pad] = K_PAD
-        buf, capacity = self.buf, self.capacity
+        ring, i, end = self.ring, self.i, self.end
         # The oldest slot: the next to overwrite, once wrapped (0 if the ring was full).
-        oldest = buf[self.i + 1 if self.wrapped and self.i < self.end else 1]
-        if capacity < self.max_events and oldest >= self.clock() - self.seconds:
-            grown = min(capacity * 2, self.max_events)
-            # A new array (one that a memoryview exports cannot be resized),
-            # the slots in order, oldest first.
-            bigger = buf[self.i :] + buf[: self.i] if self.wrapped else buf[:]
-            bigger.frombytes(bytes((grown - capacity) * _SLOT_BYTES))
-            self.buf, self.ring = bigger, memoryview(bigger)
-            self.capacity, self.end = grown, grown * SLOT
+        oldest = ring[i + 1 if self.wrapped and i < end else 1]
+        for pad in range(i, end, SLOT):
+            ring[pad] = K_PAD
+        if self.capacity < self.max_events and oldest >= self.clock() - self.seconds:
+            self.capacity = min(self.capacity * 2, self.max_events)
+            self.end = self.capacity * SLOT
             self.wrapped = False
-            self.i = capacity * SLOT
-            return self.i
+            self.i = end
+            return end
         self.wrapped = True
         self.i = 0
         return 0
@@ -888,7 +895,7 @@ def copy_recent(
     over the *oldest* slots, which this copies last.  So the copy reads
     ``i`` when it begins and again when it ends, and drops what it took
     from the slots written in between (and the two being written now).
-    If the ring was replaced (it grew) or went round to 0 meanwhile, the
+    If the ring grew or went round to 0 meanwhile (``laps`` says so), the
     copy starts again; from the third time on, without pauses.
     """
     loop = flight._loop()
@@ -899,10 +906,9 @@ def copy_recent(
     while True:
         attempt += 1
         laps = flight.laps
-        buf, i, wrapped = flight.buf, flight.i, flight.wrapped
+        raw, i, size, wrapped = flight.raw, flight.i, flight.end, flight.wrapped
         if flight.laps != laps:
             continue  # (the loop wrapped between two of the reads above)
-        size = len(buf)
         held = size if wrapped else i
         want = held if most is None else min(held, most)
         newest_first: list[Any] = []
@@ -912,7 +918,8 @@ def copy_recent(
                 position = size  # (wrapped: on from the end of the array)
             n = min(COPY_CHUNK if attempt < 2 else want, want - taken, position)
             began = time.perf_counter()
-            part = buf[position - n : position]
+            part = array("d")
+            part.frombytes(raw[(position - n) * 8 : position * 8])
             if holds is not None:
                 holds.append(time.perf_counter() - began)
             newest_first.append(part)
@@ -923,7 +930,7 @@ def copy_recent(
                 break
             if attempt < 2:
                 time.sleep(0)  # (the loop's turn)
-        if flight.buf is not buf or flight.laps != laps:
+        if flight.laps != laps:
             continue
         # Taken past the end of the array, back down to `position`: the
         # slots from `i` to where the loop writes now (and the next two,

@@ -985,7 +985,7 @@ def test_in_process_top_and_dump_read_the_recorder(
         out = top_once(capsys)  # (it waits until the loop has stood still 100 ms)
     finally:
         release.set()
-    # The step is found in the recorder's run_ready as in _run_once.
+    # The step is found in _run_once's frame, the recorder on or not.
     assert re.search(r"loop #0: BLOCKED for (at least )?\d\.\d\d s in .*hold_the_loop", out), out
     assert re.search(
         r"slowest steps of the last 1 s:\n +\d+\.\d{3} ms  .*hold_the_loop \(running\)", out

@@ -25,9 +25,10 @@ How a process becomes watchable:
 * ``loopy --monitor`` for the seed program.
 
 With a flight recorder (``trace/flight.py``), ``top`` and ``ps`` also show
-the loop's utilisation, callbacks per second, slowest steps and stalls
-(read from the newest part of the ring, on the monitor's thread), and
-``loopy trace dump PID -o FILE`` fetches the recorder's window as a trace.
+the loop's utilisation, callbacks per second, slowest steps, busiest tasks
+and stalls (read from the newest part of the ring, on the monitor's
+thread), and ``loopy trace dump PID -o FILE`` fetches the recorder's
+window and writes it as a trace (the client encodes it, not the target).
 """
 
 from __future__ import annotations

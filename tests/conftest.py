@@ -56,6 +56,22 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     b.close()
 
 
+@pytest.fixture
+def start() -> Iterator[Any]:
+    """``start(*args)``: the seed program running (``test_cli.Loopy``); killed and reaped after."""
+    from tests.test_cli import Loopy  # noqa: PLC0415 (its tests' own helper)
+
+    started: list[Loopy] = []
+
+    def _start(*args: str, **kwargs: Any) -> Loopy:
+        started.append(Loopy(*args, **kwargs))
+        return started[-1]
+
+    yield _start
+    for process in started:
+        process.close()
+
+
 @pytest.fixture(autouse=True)
 def _trace_files_are_strict_json(request: pytest.FixtureRequest) -> Iterator[None]:
     """Every trace file loopy writes in a test's tmp_path must be strict JSON (RFC 8259).

@@ -361,20 +361,6 @@ class Loopy:
         self.proc.stdout.close()
 
 
-@pytest.fixture
-def start() -> Iterator[Any]:
-    """``start(*args)``: a running ``Loopy``; killed and reaped after the test."""
-    started: list[Loopy] = []
-
-    def _start(*args: str, **kwargs: Any) -> Loopy:
-        started.append(Loopy(*args, **kwargs))
-        return started[-1]
-
-    yield _start
-    for process in started:
-        process.close()
-
-
 def client(port: int) -> tuple[socket.socket, str]:
     """A client connected to the program, and its address as the program logs it."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)

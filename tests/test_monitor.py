@@ -40,7 +40,6 @@ from loopy.monitor import client, paths, server, watch
 from loopy.trace import load_trace
 
 from . import test_frameworks
-from .test_cli import Loopy
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 10.0
@@ -137,20 +136,6 @@ class Script:
         for pipe in (self.proc.stdout, self.proc.stderr):
             if pipe is not None:
                 pipe.close()
-
-
-@pytest.fixture
-def start() -> Iterator[Callable[..., Loopy]]:
-    """``start(*args)``: the seed program running (see test_cli.py); killed after the test."""
-    started: list[Loopy] = []
-
-    def _start(*args: str, **kwargs: Any) -> Loopy:
-        started.append(Loopy(*args, **kwargs))
-        return started[-1]
-
-    yield _start
-    for process in started:
-        process.close()
 
 
 @pytest.fixture

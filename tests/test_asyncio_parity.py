@@ -210,19 +210,24 @@ async def _wait_for_nothing(loop: Any) -> None:
     await loop.create_future()
 
 
+def _make_every_error(loop: Any) -> None:
+    """A failing callback and timer, a failed future and task dropped, a pending task forgotten."""
+    loop.call_soon(_broken, "argument")
+    loop.call_later(0.001, _broken)
+    future = loop.create_future()
+    future.set_exception(ValueError("failed future"))
+    del future
+    loop.create_task(_fail_later(), name="dropped")
+    loop.create_task(_wait_for_nothing(loop), name="forgotten")
+    loop.run_until_complete(asyncio.sleep(0.01))
+    gc.collect()
+
+
 def _report_errors(loop: Any, debug: bool) -> list[tuple[str, str, str, str | None]]:
     """Errors of every kind the loop reports, through the default handler; the log."""
     loop.set_debug(debug)
     with Records() as records:
-        loop.call_soon(_broken, "argument")
-        loop.call_later(0.001, _broken)
-        future = loop.create_future()
-        future.set_exception(ValueError("failed future"))
-        del future
-        loop.create_task(_fail_later(), name="dropped")
-        loop.create_task(_wait_for_nothing(loop), name="forgotten")
-        loop.run_until_complete(asyncio.sleep(0.01))
-        gc.collect()
+        _make_every_error(loop)
         loop.call_exception_handler({"message": "plain", "extra": 1})
         loop.call_exception_handler({})
     return records.seen()
@@ -258,15 +263,7 @@ def _handler_contexts(loop: Any, debug: bool) -> list[tuple[str, list[str]]]:
     loop.set_exception_handler(
         lambda _loop, context: contexts.append((context["message"][:20], sorted(context)))
     )
-    loop.call_soon(_broken)
-    loop.call_later(0.001, _broken)
-    future = loop.create_future()
-    future.set_exception(ValueError("failed future"))
-    del future
-    loop.create_task(_fail_later(), name="dropped")
-    loop.create_task(_wait_for_nothing(loop), name="forgotten")
-    loop.run_until_complete(asyncio.sleep(0.01))
-    gc.collect()
+    _make_every_error(loop)
     return contexts
 
 

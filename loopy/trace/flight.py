@@ -544,10 +544,8 @@ class FlightRecorder:
         task dead for longer than the window).  Any thread may call it.
         """
         parts, facts = self.copy_window()
-        slots = array("d")
-        for part in parts:
-            slots.extend(part)
         labels = _Labels(self.task_labels, self._task_refs)
+        slots = _joined(parts)
         return FlightSnapshot(slots=slots, names=self.names, task_labels=labels, **facts)
 
     def copy_window(self, holds: list[float] | None = None) -> tuple[list[Any], dict[str, Any]]:
@@ -946,6 +944,14 @@ def copy_recent(
         return newest_first[::-1], reached or taken >= held
 
 
+def _joined(parts: list[Any]) -> Any:
+    """The arrays :func:`copy_recent` gives, as one ``array("d")``."""
+    slots = array("d")
+    for part in parts:
+        slots.extend(part)
+    return slots
+
+
 def recent_activity(loop: LoopContract, seconds: float = 1.0) -> dict[str, Any] | None:
     """What ``loop`` did in the last ``seconds``, from its recorder (None without one).
 
@@ -964,9 +970,7 @@ def recent_activity(loop: LoopContract, seconds: float = 1.0) -> dict[str, Any] 
     now = flight.clock()
     since = now - seconds
     parts, whole = copy_recent(flight, since, _ACTIVITY_MAX)
-    slots = array("d")
-    for part in parts:
-        slots.extend(part)
+    slots = _joined(parts)
     if not whole:  # (the first slot copied is the oldest time known)
         since = slots[1]
         seconds = now - since
